@@ -1,0 +1,353 @@
+"""The flush hook: records every versioned insert, update and delete, set-based.
+
+How a flush is recorded
+-----------------------
+Mapper events (``after_insert``, ``after_update``, ``before_delete``) fire for exactly the rows
+the ORM writes — never a scan of the identity map — and only note the row's key in the
+session's :class:`UnitOfWork`. ``after_flush`` then writes, per version table, a handful of
+set-based statements:
+
+* ``INSERT … SELECT`` from the parent table for inserted and updated rows, so the version holds
+  what the database holds (server defaults, triggers and type processing included);
+* one executemany ``INSERT`` of the deleted rows' last values, captured before the ``DELETE``;
+* one ``UPDATE`` closing the previous versions (``end_transaction_id``) of those keys.
+
+One transaction row per database transaction, one version row per key per transaction carrying
+the final state: when a later flush of the same transaction touches a key again, its version
+row is replaced, and a key whose net effect is nothing (insert then delete) leaves no row — and
+if nothing is left at all, no transaction row either.
+
+State lives in ``session.info`` and is dropped when the session's transaction ends. Savepoints
+snapshot it; a rolled-back savepoint restores the snapshot, matching what the database undid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransaction
+
+from .context import current_context
+from .models import VersionInfo
+from .schema import INFO_KEY, Operation, OperationType
+
+__all__ = ["SESSION_INFO_KEY", "UnitOfWork"]
+
+SESSION_INFO_KEY = INFO_KEY
+# Keys per statement: keeps every backend's bound-parameter limit out of reach.
+_CHUNK = 1000
+
+Key = tuple[Any, ...]
+
+
+@dataclass
+class _KeyState:
+    existed_before: bool  # the row existed when the transaction began
+    has_row: bool  # a version row for this key exists in this transaction
+
+
+@dataclass
+class UnitOfWork:
+    """History bookkeeping of one session transaction (kept in ``session.info``)."""
+
+    transaction_id: int | None = None
+    seen: dict[VersionInfo, dict[Key, _KeyState]] = field(default_factory=dict)
+    rows: int = 0  # how many keys currently have a version row in this transaction
+    # Filled by mapper events during a flush, drained by after_flush.
+    pending: dict[VersionInfo, dict[Key, tuple[Operation, dict[str, Any] | None]]] = field(
+        default_factory=dict
+    )
+    # Values of deleted rows whose attributes were not loaded, fetched before the flush.
+    preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
+    savepoints: dict[SessionTransaction, tuple[int | None, dict[VersionInfo, dict[Key, _KeyState]], int]] = field(
+        default_factory=dict
+    )
+
+
+def _uow(session: Session) -> UnitOfWork:
+    uow: UnitOfWork | None = session.info.get(SESSION_INFO_KEY)
+    if uow is None:
+        uow = session.info[SESSION_INFO_KEY] = UnitOfWork()
+    return uow
+
+
+# --- mapper events ----------------------------------------------------------------------------
+
+
+def record_insert(info: VersionInfo, state: InstanceState[Any]) -> None:
+    """``after_insert``: note the new row."""
+    _note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
+
+
+def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
+    """``after_update``: note the row if a tracked column really changed."""
+    committed = state.committed_state
+    if not committed:
+        return
+    for attr in info.attrs:
+        if attr in committed and state.attrs[attr].history.has_changes():
+            _note(info, state, _key_from_dict(info, state), Operation.UPDATE, None)
+            return
+
+
+def record_delete(info: VersionInfo, state: InstanceState[Any], connection: Connection) -> None:
+    """``before_delete``: note the row with its last values (the row is gone after the flush)."""
+    key = state.identity
+    assert key is not None
+    session = state.session
+    assert session is not None
+    values = {a: state.dict[a] for a in info.attrs if a in state.dict}
+    if len(values) < len(info.attrs):
+        loaded = _uow(session).preloaded.get(info, {}).get(key)
+        if loaded is None:
+            # Not seen by before_flush (e.g. a delete-orphan found during the flush).
+            loaded = _load_rows(connection, info, [key]).get(key, {})
+        values = {**loaded, **values}
+    _note(info, state, key, Operation.DELETE, values)
+
+
+def _key_from_dict(info: VersionInfo, state: InstanceState[Any]) -> Key:
+    return tuple(state.dict[a] for a in info.pk_attrs)
+
+
+def _note(
+    info: VersionInfo,
+    state: InstanceState[Any],
+    key: Key,
+    op: Operation,
+    values: dict[str, Any] | None,
+) -> None:
+    session = state.session
+    assert session is not None
+    _uow(session).pending.setdefault(info, {})[key] = (op, values)
+
+
+# --- session events ---------------------------------------------------------------------------
+
+
+def before_flush(session: Session, flush_context: UOWTransaction, instances: Any) -> None:
+    """Fetch, one query per table, the values of deleted rows that are not loaded."""
+    if not session.deleted:
+        return
+    wanted: dict[VersionInfo, list[Key]] = {}
+    for obj in session.deleted:
+        state: InstanceState[Any] = sa.inspect(obj)
+        info: VersionInfo | None = state.manager.info.get(INFO_KEY)
+        if info is None or info.parent_mapper is not state.mapper or state.identity is None:
+            continue
+        if any(a not in state.dict for a in info.attrs):
+            wanted.setdefault(info, []).append(state.identity)
+    if not wanted:
+        return
+    uow = _uow(session)
+    for info, keys in wanted.items():
+        connection = session.connection(bind_arguments={"mapper": info.parent_mapper})
+        uow.preloaded.setdefault(info, {}).update(_load_rows(connection, info, keys))
+
+
+def after_flush(session: Session, flush_context: UOWTransaction) -> None:
+    """Write the history of this flush: a few set-based statements per version table."""
+    uow: UnitOfWork | None = session.info.get(SESSION_INFO_KEY)
+    if uow is None or not uow.pending:
+        return
+    pending, uow.pending = uow.pending, {}
+    uow.preloaded.clear()
+    for info, changes in pending.items():
+        _write_table(session, uow, info, changes)
+    if uow.rows == 0 and uow.transaction_id is not None:
+        # Everything this transaction did cancelled out: leave no transaction row either.
+        connection = session.connection()
+        transaction_table = _transaction_table(pending)
+        connection.execute(
+            sa.delete(transaction_table).where(transaction_table.c.id == uow.transaction_id)
+        )
+        uow.transaction_id = None
+
+
+def after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    """Snapshot the bookkeeping when a savepoint begins."""
+    if transaction.nested:
+        uow = _uow(session)
+        seen = {
+            info: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}
+            for info, keys in uow.seen.items()
+        }
+        uow.savepoints[transaction] = (uow.transaction_id, seen, uow.rows)
+
+
+def after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    """Undo the bookkeeping of what the database just rolled back."""
+    uow: UnitOfWork | None = session.info.get(SESSION_INFO_KEY)
+    if uow is None:
+        return
+    uow.pending.clear()
+    uow.preloaded.clear()
+    snapshot = uow.savepoints.pop(previous_transaction, None)
+    if previous_transaction.nested and snapshot is not None:
+        uow.transaction_id, uow.seen, uow.rows = snapshot
+    elif previous_transaction.parent is None:
+        session.info.pop(SESSION_INFO_KEY, None)
+
+
+def after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    """Drop all bookkeeping when the session's outermost transaction ends."""
+    if transaction.parent is None:
+        session.info.pop(SESSION_INFO_KEY, None)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def _write_table(
+    session: Session,
+    uow: UnitOfWork,
+    info: VersionInfo,
+    changes: dict[Key, tuple[Operation, dict[str, Any] | None]],
+) -> None:
+    seen = uow.seen.setdefault(info, {})
+    drop: list[Key] = []  # version rows of this transaction to replace or remove
+    reopen: list[Key] = []  # keys whose net change vanished: previous version is current again
+    close: list[Key] = []  # keys getting their first version row in this transaction
+    from_parent: dict[Operation, list[Key]] = {Operation.INSERT: [], Operation.UPDATE: []}
+    deleted: list[dict[str, Any]] = []
+
+    for key, (op, values) in changes.items():
+        ks = seen.get(key)
+        if ks is None:
+            ks = seen[key] = _KeyState(existed_before=op is not Operation.INSERT, has_row=False)
+        net = _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
+        if ks.has_row:
+            drop.append(key)
+            if net is None:
+                reopen.append(key)
+        elif net is not None:
+            close.append(key)
+        if net is None:
+            uow.rows -= ks.has_row
+            ks.has_row = False
+            continue
+        uow.rows += not ks.has_row
+        ks.has_row = True
+        if net is Operation.DELETE:
+            assert values is not None
+            deleted.append({info.attrs[a]: v for a, v in values.items() if a in info.attrs})
+        else:
+            from_parent[net].append(key)
+
+    connection = session.connection(bind_arguments={"mapper": info.parent_mapper})
+    stmts = _statements(info)
+    if drop:
+        _run_keyed(connection, stmts["drop"], drop, {"_tx": uow.transaction_id})
+    if reopen:
+        _run_keyed(connection, stmts["reopen"], reopen, {"_tx": uow.transaction_id})
+    if not (close or deleted or any(from_parent.values())):
+        return
+    if uow.transaction_id is None:
+        uow.transaction_id = _insert_transaction(connection, info)
+    tx = uow.transaction_id
+    if close:
+        _run_keyed(connection, stmts["close"], close, {"_tx": tx})
+    for op, keys in from_parent.items():
+        if keys:
+            _run_keyed(connection, stmts["copy"], keys, {"_tx": tx, "_op": op})
+    if deleted:
+        for row in deleted:
+            row["transaction_id"] = tx
+            row["operation_type"] = Operation.DELETE
+        connection.execute(sa.insert(info.version_table), deleted)
+
+
+def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
+    if existed_before:
+        return Operation.UPDATE if exists_now else Operation.DELETE
+    return Operation.INSERT if exists_now else None
+
+
+def _insert_transaction(connection: Connection, info: VersionInfo) -> int:
+    ctx = current_context()
+    table = info.transaction_class.__table__  # type: ignore[attr-defined]
+    result = connection.execute(
+        sa.insert(table).values(
+            issued_at=datetime.now(timezone.utc),
+            user_id=ctx.user_id,
+            remote_addr=ctx.remote_addr,
+            meta=dict(ctx.meta) or None,
+        )
+    )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def _transaction_table(pending: dict[VersionInfo, Any]) -> sa.Table:
+    info = next(iter(pending))
+    table: sa.Table = info.transaction_class.__table__  # type: ignore[attr-defined]
+    return table
+
+
+def _run_keyed(
+    connection: Connection, stmt: sa.Executable, keys: Sequence[Key], params: dict[str, Any]
+) -> None:
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
+        connection.execute(stmt, {**params, "_keys": values})
+
+
+def _load_rows(
+    connection: Connection, info: VersionInfo, keys: Iterable[Key]
+) -> dict[Key, dict[str, Any]]:
+    """Current values of the tracked columns of ``keys`` in the parent table."""
+    keys = list(keys)
+    out: dict[Key, dict[str, Any]] = {}
+    stmt = _statements(info)["load"]
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
+        for row in connection.execute(stmt, {"_keys": values}).mappings():
+            attrs = {a: row[c] for a, c in info.attrs.items()}
+            out[tuple(attrs[a] for a in info.pk_attrs)] = attrs
+    return out
+
+
+def _statements(info: VersionInfo) -> dict[str, Any]:
+    """Build (once per model) the statements the hook runs, with bound parameters only."""
+    if info.statements:
+        return info.statements
+    vt = info.version_table
+    pt = info.parent_mapper.local_table
+    assert isinstance(pt, sa.Table)
+    col_keys = list(info.attrs.values())
+    pk_keys = [info.attrs[a] for a in info.pk_attrs]
+    tx_type = vt.c.transaction_id.type
+
+    def keys_in(table: sa.Table) -> sa.ColumnElement[bool]:
+        cols = [table.c[k] for k in pk_keys]
+        target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+        return target.in_(sa.bindparam("_keys", expanding=True))
+
+    tx = sa.bindparam("_tx", type_=tx_type)
+    info.statements.update(
+        drop=sa.delete(vt).where(keys_in(vt), vt.c.transaction_id == tx),
+        reopen=sa.update(vt)
+        .where(keys_in(vt), vt.c.end_transaction_id == tx)
+        .values(end_transaction_id=None),
+        close=sa.update(vt)
+        .where(keys_in(vt), vt.c.end_transaction_id.is_(None))
+        .values(end_transaction_id=tx),
+        copy=sa.insert(vt).from_select(
+            [*col_keys, "transaction_id", "operation_type"],
+            sa.select(
+                *[pt.c[k] for k in col_keys],
+                tx,
+                sa.bindparam("_op", type_=OperationType()),
+            ).where(keys_in(pt)),
+        ),
+        load=sa.select(*[pt.c[k] for k in col_keys]).where(keys_in(pt)),
+    )
+    return info.statements

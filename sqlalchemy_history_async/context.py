@@ -1,0 +1,65 @@
+"""Who and why: the actor and free-form context recorded on each transaction row.
+
+Values live in a :class:`contextvars.ContextVar`, so concurrent asyncio tasks (two web requests
+served on one event loop) never see each other's values. SQLAlchemy runs the flush of an
+``AsyncSession`` in a greenlet that shares the calling task's context, so values set around
+``await session.commit()`` reach the flush hook.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["TransactionContext", "current_context", "versioning_context"]
+
+
+@dataclass(frozen=True)
+class TransactionContext:
+    """The context recorded on a transaction row: ``user_id``, ``remote_addr`` and ``meta``."""
+
+    user_id: Any = None
+    remote_addr: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+_EMPTY = TransactionContext()
+_current: contextvars.ContextVar[TransactionContext] = contextvars.ContextVar(
+    "sqlalchemy_history_async_context", default=_EMPTY
+)
+
+
+def current_context() -> TransactionContext:
+    """Return the context in force for the running task (empty when none was set)."""
+    return _current.get()
+
+
+@contextmanager
+def versioning_context(
+    user_id: Any = None, remote_addr: str | None = None, **meta: Any
+) -> Iterator[TransactionContext]:
+    """Record ``user_id``, ``remote_addr`` and ``meta`` on transactions committed inside.
+
+    Contexts nest: an inner context keeps the outer values it does not override, and its
+    ``meta`` is merged over the outer ``meta``. The values are captured when a transaction
+    first writes history, i.e. at its first flush that changes a versioned row::
+
+        with versioning_context(user_id=current_user.id, remote_addr=request.client.host,
+                                reason="bulk fix"):
+            await session.commit()
+    """
+    outer = _current.get()
+    merged = TransactionContext(
+        user_id=outer.user_id if user_id is None else user_id,
+        remote_addr=outer.remote_addr if remote_addr is None else remote_addr,
+        meta=MappingProxyType({**outer.meta, **meta}),
+    )
+    token = _current.set(merged)
+    try:
+        yield merged
+    finally:
+        _current.reset(token)

@@ -1,0 +1,29 @@
+"""Exceptions raised by sqlalchemy_history_async.
+
+Every error the library raises derives from one base class::
+
+    VersioningError
+     ├── ConfigurationError      bad options, bad user class, wrong call order at configure time
+     ├── NotVersionedError       a class that is not versioned (or not a version class) was given
+     └── RevertError             a version cannot be reverted in the given situation
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigurationError", "NotVersionedError", "RevertError", "VersioningError"]
+
+
+class VersioningError(Exception):
+    """Base class of every exception raised by sqlalchemy_history_async."""
+
+
+class ConfigurationError(VersioningError):
+    """Versioning is configured wrongly: the message names the model and the option at fault."""
+
+
+class NotVersionedError(VersioningError):
+    """A class given to the API is not a versioned model (or not a version class)."""
+
+
+class RevertError(VersioningError):
+    """A version cannot be reverted, e.g. because it is not attached to a session."""

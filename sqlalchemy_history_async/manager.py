@@ -1,0 +1,292 @@
+"""The versioning manager: which classes are versioned, and the listeners that make it so.
+
+``make_versioned()`` installs the default manager; ``remove_versioning()`` uninstalls it.
+Version classes are built in ``before_configured``, so they are configured together with the
+models (``sqlalchemy.orm.configure_mappers()``, or lazily on first use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Mapper, Session
+
+from . import capture
+from .exceptions import ConfigurationError, NotVersionedError
+from .models import Transaction, Version, VersionInfo, map_transaction_class, map_version_class
+from .options import model_options
+from .schema import INFO_KEY, build_transaction_table, build_version_table
+
+__all__ = [
+    "VersioningManager",
+    "make_versioned",
+    "parent_class",
+    "remove_versioning",
+    "transaction_class",
+    "version_class",
+]
+
+UserClass = type[Any] | str | None
+
+
+class _UserIdString(sa.types.TypeDecorator[str]):
+    """Default ``transaction.user_id`` type: any id is stored as its string form."""
+
+    impl = sa.String(255)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else str(value)
+
+
+class VersioningManager:
+    """Builds version classes for models that declare ``__versioned__`` and records changes.
+
+    Holds configuration only; what a transaction records lives in its session's ``info``.
+    """
+
+    def __init__(
+        self, user_cls: UserClass = None, *, user_id_type: sa.types.TypeEngine[Any] | None = None
+    ) -> None:
+        if user_cls is not None and not isinstance(user_cls, (str, type)):
+            raise ConfigurationError(
+                f"make_versioned(user_cls=...) takes a mapped class or its name, got {user_cls!r}"
+            )
+        if user_cls is not None and user_id_type is not None:
+            raise ConfigurationError(
+                "make_versioned() takes user_cls or user_id_type, not both: with a user class, "
+                "transaction.user_id has the type of its primary key"
+            )
+        self.user_cls = user_cls
+        self.user_id_type = user_id_type
+        self._waiting: list[Mapper[Any]] = []
+        self._infos: list[VersionInfo] = []
+        self._transaction_class: type[Transaction] | None = None
+        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+
+    @property
+    def active(self) -> bool:
+        """True while the manager's listeners are installed."""
+        return bool(self._listeners)
+
+    def install(self) -> None:
+        """Install the configure-time and flush-time listeners."""
+        self._listen(Mapper, "instrument_class", self._instrument_class)
+        self._listen(Mapper, "before_configured", self._before_configured)
+        self._listen(Session, "before_flush", capture.before_flush)
+        self._listen(Session, "after_flush", capture.after_flush)
+        self._listen(Session, "after_transaction_create", capture.after_transaction_create)
+        self._listen(Session, "after_soft_rollback", capture.after_soft_rollback)
+        self._listen(Session, "after_transaction_end", capture.after_transaction_end)
+
+    def remove(self) -> None:
+        """Remove every listener this manager installed; version classes stay mapped."""
+        for target, name, fn in reversed(self._listeners):
+            event.remove(target, name, fn)
+        self._listeners.clear()
+        self._waiting.clear()
+
+    def _listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
+        event.listen(target, name, fn)
+        self._listeners.append((target, name, fn))
+
+    # --- configure time -----------------------------------------------------------------------
+
+    def _instrument_class(self, mapper: Mapper[Any], cls: type[Any]) -> None:
+        if hasattr(cls, "__versioned__"):
+            self._waiting.append(mapper)
+
+    def _before_configured(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for mapper in waiting:
+            self._build(mapper)
+
+    def _build(self, mapper: Mapper[Any]) -> None:
+        model = mapper.class_.__name__
+        if mapper.inherits is not None:
+            raise ConfigurationError(
+                f"{model} inherits from {mapper.inherits.class_.__name__}: versioning of mapped "
+                "class hierarchies is not supported yet"
+            )
+        options = model_options(mapper)
+        parent_table = mapper.local_table
+        if not isinstance(parent_table, sa.Table):
+            raise ConfigurationError(f"{model} is not mapped to a Table; it cannot be versioned")
+        if hasattr(mapper.class_, "versions"):
+            raise ConfigurationError(
+                f"{model} already has an attribute 'versions'; versioning adds that relationship"
+            )
+        pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        attrs: dict[str, str] = {}
+        for prop in mapper.column_attrs:
+            column = prop.columns[0]
+            if prop.key in options.exclude or not isinstance(column, sa.Column):
+                continue
+            if column.table is parent_table:
+                attrs[prop.key] = column.key
+        attrs = {**{a: attrs[a] for a in pk_attrs}, **attrs}
+
+        transaction_cls = self._transaction_class_for(mapper)
+        version_name = parent_table.name + "_version"
+        if parent_table.metadata.tables.get(
+            f"{parent_table.schema}.{version_name}" if parent_table.schema else version_name
+        ) is not None:
+            raise ConfigurationError(
+                f"{model}: table {version_name!r} already exists in its MetaData; "
+                "was the model versioned twice?"
+            )
+        version_table = build_version_table(
+            parent_table,
+            [parent_table.c[c] for c in attrs.values()],
+            transaction_cls.__table__,  # type: ignore[attr-defined]
+        )
+        info = VersionInfo(
+            parent=mapper.class_,
+            parent_mapper=mapper,
+            version_table=version_table,
+            transaction_class=transaction_cls,
+            attrs=attrs,
+            pk_attrs=pk_attrs,
+        )
+        version_cls = map_version_class(info, mapper.registry)
+        mapper.class_manager.info[INFO_KEY] = info
+        sa.inspect(version_cls).class_manager.info[INFO_KEY] = info
+        self._infos.append(info)
+        self._listen(mapper, "after_insert", partial(_after_insert, info))
+        self._listen(mapper, "after_update", partial(_after_update, info))
+        self._listen(mapper, "before_delete", partial(_before_delete, info))
+
+    def _transaction_class_for(self, mapper: Mapper[Any]) -> type[Transaction]:
+        metadata = mapper.local_table.metadata
+        if self._transaction_class is not None:
+            table: sa.Table = self._transaction_class.__table__  # type: ignore[attr-defined]
+            if table.metadata is not metadata:
+                raise ConfigurationError(
+                    f"{mapper.class_.__name__} uses a different MetaData than the models "
+                    "versioned before it; all versioned models must share one MetaData"
+                )
+            return self._transaction_class
+        user_cls = self._resolve_user_class(mapper)
+        user_column: sa.Column[Any] | None = None
+        if user_cls is not None:
+            user_mapper = sa.inspect(user_cls)
+            if len(user_mapper.primary_key) != 1:
+                raise ConfigurationError(
+                    f"user class {user_cls.__name__} must have a single-column primary key to "
+                    f"be referenced by transaction.user_id; it has {len(user_mapper.primary_key)}"
+                )
+            user_column = user_mapper.primary_key[0]
+        table = build_transaction_table(
+            metadata,
+            user_id_column=user_column,
+            user_id_type=self.user_id_type or _UserIdString(),
+        )
+        self._transaction_class = map_transaction_class(mapper.registry, table, user_cls)
+        return self._transaction_class
+
+    def _resolve_user_class(self, mapper: Mapper[Any]) -> type[Any] | None:
+        user_cls = self.user_cls
+        if user_cls is None:
+            return None
+        if isinstance(user_cls, str):
+            found = [m.class_ for m in mapper.registry.mappers if m.class_.__name__ == user_cls]
+            if len(found) != 1:
+                raise ConfigurationError(
+                    f"make_versioned(user_cls={user_cls!r}): "
+                    + ("no mapped class" if not found else "more than one mapped class")
+                    + f" of that name in the registry of {mapper.class_.__name__}"
+                )
+            return found[0]
+        if sa.inspect(user_cls, raiseerr=False) is None:
+            raise ConfigurationError(
+                f"make_versioned(user_cls={user_cls.__name__}): not a mapped class with a "
+                "primary key"
+            )
+        return user_cls
+
+
+def _after_insert(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    capture.record_insert(info, sa.inspect(target))
+
+
+def _after_update(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    capture.record_update(info, sa.inspect(target))
+
+
+def _before_delete(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    capture.record_delete(info, sa.inspect(target), connection)
+
+
+# --- the default manager and the public functions ------------------------------------------
+
+_default_manager: VersioningManager | None = None
+
+
+def make_versioned(
+    user_cls: UserClass = None, *, user_id_type: sa.types.TypeEngine[Any] | None = None
+) -> VersioningManager:
+    """Turn versioning on for models that declare ``__versioned__``; call before defining them.
+
+    ``user_cls`` (a mapped class or its name) makes ``transaction.user_id`` a foreign key to its
+    primary key. Without it, ``user_id`` is a nullable column of ``user_id_type`` (default: a
+    ``String(255)`` that stores any id as text).
+    """
+    global _default_manager
+    if _default_manager is not None and _default_manager.active:
+        raise ConfigurationError(
+            "make_versioned() was already called; call remove_versioning() before calling it again"
+        )
+    manager = VersioningManager(user_cls, user_id_type=user_id_type)
+    manager.install()
+    _default_manager = manager
+    return manager
+
+
+def remove_versioning() -> None:
+    """Remove the listeners installed by :func:`make_versioned` (no-op when none are)."""
+    global _default_manager
+    if _default_manager is not None:
+        _default_manager.remove()
+        _default_manager = None
+
+
+def _info(cls: Any) -> VersionInfo:
+    mapper = sa.inspect(cls, raiseerr=False) if isinstance(cls, type) else None
+    if not isinstance(mapper, Mapper):
+        raise NotVersionedError(f"{cls!r} is not a mapped class")
+    info: VersionInfo | None = mapper.class_manager.info.get(INFO_KEY)
+    if info is None and hasattr(cls, "__versioned__"):
+        sa.orm.configure_mappers()
+        info = mapper.class_manager.info.get(INFO_KEY)
+    if info is None:
+        hint = (
+            " (it declares __versioned__ but was mapped before make_versioned() was called)"
+            if hasattr(cls, "__versioned__")
+            else " (add __versioned__ = {} to the class)"
+        )
+        raise NotVersionedError(f"{cls.__name__} is not versioned{hint}")
+    return info
+
+
+def version_class(model: type[Any]) -> type[Version]:
+    """Return the version class of a versioned model (configuring mappers if needed)."""
+    info = _info(model)
+    if issubclass(model, Version):
+        raise NotVersionedError(f"{model.__name__} is a version class, not a versioned model")
+    return info.version_class
+
+
+def parent_class(version_cls: type[Any]) -> type[Any]:
+    """Return the model a version class records."""
+    if not (isinstance(version_cls, type) and issubclass(version_cls, Version)):
+        raise NotVersionedError(f"{version_cls!r} is not a version class")
+    return _info(version_cls).parent
+
+
+def transaction_class(cls: type[Any]) -> type[Transaction]:
+    """Return the transaction class used by a versioned model (or by its version class)."""
+    return _info(cls).transaction_class

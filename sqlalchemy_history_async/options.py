@@ -1,0 +1,81 @@
+"""Typed, validated versioning options.
+
+``__versioned__`` dictionaries are read once, when mappers configure, and turned into frozen
+:class:`ModelOptions`; nothing reads string-keyed options in the flush path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import ColumnProperty, Mapper
+
+from .exceptions import ConfigurationError
+
+__all__ = ["MODEL_OPTION_KEYS", "ModelOptions", "model_options"]
+
+#: The keys accepted in a model's ``__versioned__`` dictionary.
+MODEL_OPTION_KEYS = frozenset({"exclude"})
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Per-model options, read from ``__versioned__``.
+
+    ``exclude``: attribute names (or column names) whose columns are not copied into the
+    version table; changes to them alone record nothing.
+    """
+
+    exclude: frozenset[str] = frozenset()
+
+
+def model_options(mapper: Mapper[Any]) -> ModelOptions:
+    """Validate ``mapper.class_.__versioned__`` and return it as :class:`ModelOptions`.
+
+    Raises :class:`ConfigurationError` naming the model and the offending key or column.
+    """
+    model = mapper.class_.__name__
+    raw = mapper.class_.__dict__.get("__versioned__", getattr(mapper.class_, "__versioned__", None))
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"{model}.__versioned__ must be a dict of options, got {type(raw).__name__}"
+        )
+    unknown = sorted(str(k) for k in raw if k not in MODEL_OPTION_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"{model}.__versioned__ has unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"known options: {', '.join(sorted(MODEL_OPTION_KEYS))}"
+        )
+    exclude = raw.get("exclude", ())
+    if isinstance(exclude, str) or not all(isinstance(e, str) for e in exclude):
+        raise ConfigurationError(
+            f"{model}.__versioned__['exclude'] must be a list of attribute names, got {exclude!r}"
+        )
+    resolved: set[str] = set()
+    for name in exclude:
+        resolved.add(_resolve_column_attribute(mapper, name))
+    return ModelOptions(exclude=frozenset(resolved))
+
+
+def _resolve_column_attribute(mapper: Mapper[Any], name: str) -> str:
+    """Map an excluded name (attribute key or column name) to the attribute key."""
+    model = mapper.class_.__name__
+    prop = mapper.attrs.get(name)
+    if prop is None:
+        for candidate in mapper.column_attrs:
+            if any(isinstance(c, sa.Column) and c.name == name for c in candidate.columns):
+                prop = candidate
+                break
+    if not isinstance(prop, ColumnProperty):
+        raise ConfigurationError(
+            f"{model}.__versioned__['exclude'] names {name!r}, which is not a column of {model}"
+        )
+    if any(c.primary_key for c in prop.columns if isinstance(c, sa.Column)):
+        raise ConfigurationError(
+            f"{model}.__versioned__['exclude'] names primary key column {name!r}; "
+            "primary key columns are always versioned"
+        )
+    return prop.key

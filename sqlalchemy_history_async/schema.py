@@ -1,0 +1,173 @@
+"""Pure table builders: a parent ``Table`` → its version ``Table``; the transaction ``Table``.
+
+Nothing here knows about sessions or mappers beyond the columns it is handed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "AwareDateTime",
+    "Operation",
+    "OperationType",
+    "build_transaction_table",
+    "build_version_table",
+]
+
+TRANSACTION_TABLE_NAME = "transaction"
+VERSION_TABLE_SUFFIX = "_version"
+# Marks the columns the library adds, so code can tell them from copied parent columns.
+INFO_KEY = "sqlalchemy_history_async"
+
+
+class Operation(enum.IntEnum):
+    """What a version records, stored in ``operation_type``."""
+
+    INSERT = 0
+    UPDATE = 1
+    DELETE = 2
+
+
+class OperationType(TypeDecorator[Operation]):
+    """``SmallInteger`` that returns :class:`Operation` members."""
+
+    impl = sa.SmallInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Operation | None:
+        return None if value is None else Operation(value)
+
+
+class AwareDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every database.
+
+    Backends without a time zone type (SQLite, MySQL/MariaDB) store naive UTC; values come
+    back aware (UTC) everywhere. Naive input is rejected rather than guessed at.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# BIGINT primary keys do not autoincrement on SQLite; INTEGER (the rowid alias) does.
+_TransactionId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def build_transaction_table(
+    metadata: sa.MetaData,
+    *,
+    user_id_column: sa.Column[Any] | None,
+    user_id_type: sa.types.TypeEngine[Any],
+    schema: str | None = None,
+) -> sa.Table:
+    """Build the ``transaction`` table.
+
+    ``user_id`` references ``user_id_column`` when one is given; otherwise it is a plain
+    nullable column of ``user_id_type``.
+    """
+    if user_id_column is not None:
+        user_id = sa.Column(
+            "user_id",
+            user_id_column.type,
+            sa.ForeignKey(user_id_column),
+            nullable=True,
+            index=True,
+        )
+    else:
+        user_id = sa.Column("user_id", user_id_type, nullable=True, index=True)
+    return sa.Table(
+        TRANSACTION_TABLE_NAME,
+        metadata,
+        sa.Column("id", _TransactionId, primary_key=True, autoincrement=True),
+        sa.Column("issued_at", AwareDateTime(), nullable=False, index=True),
+        user_id,
+        sa.Column("remote_addr", sa.String(50), nullable=True),
+        sa.Column("meta", sa.JSON().with_variant(_jsonb(), "postgresql"), nullable=True),
+        schema=schema,
+        info={INFO_KEY: "transaction"},
+    )
+
+
+def _jsonb() -> sa.types.TypeEngine[Any]:
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    return JSONB()
+
+
+def build_version_table(
+    parent: sa.Table, columns: Iterable[sa.Column[Any]], transaction_table: sa.Table
+) -> sa.Table:
+    """Build ``<parent>_version`` from the tracked ``columns`` of ``parent``.
+
+    Copies keep name, key and type but drop everything that would make history rows collide
+    or depend on live data: unique constraints, foreign keys, defaults, autoincrement, identity
+    and computed clauses. Non-key columns become nullable so later schema changes to the parent
+    never invalidate old history. The primary key is the parent's plus ``transaction_id``.
+    """
+    copies: list[sa.Column[Any]] = []
+    for col in columns:
+        copies.append(
+            sa.Column(
+                col.name,
+                _copy_type(col.type),
+                key=col.key,
+                primary_key=col.primary_key,
+                nullable=not col.primary_key,
+                autoincrement=False,
+                comment=col.comment,
+            )
+        )
+    tx_id = transaction_table.c.id
+    return sa.Table(
+        parent.name + VERSION_TABLE_SUFFIX,
+        parent.metadata,
+        *copies,
+        sa.Column(
+            "transaction_id",
+            tx_id.type,
+            sa.ForeignKey(tx_id),
+            primary_key=True,
+            autoincrement=False,
+            index=True,
+        ),
+        # Open (current) versions are looked up by key + NULL end; closed ones by range.
+        sa.Column("end_transaction_id", tx_id.type, nullable=True, index=True),
+        sa.Column("operation_type", OperationType(), nullable=False),
+        schema=parent.schema,
+        info={INFO_KEY: "version", "parent_table": parent.fullname},
+    )
+
+
+def _copy_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    # Schema-bound types (Enum, Boolean) attach to one table; give the copy its own instance.
+    if isinstance(type_, sa.types.SchemaType):
+        copied: sa.types.TypeEngine[Any] = type_.copy()  # type: ignore[attr-defined]
+        return copied
+    return type_
