@@ -101,9 +101,11 @@ class VersioningManager:
             self._waiting.append(mapper)
 
     def _before_configured(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for mapper in waiting:
-            self._build(mapper)
+        # A model that fails to build stays first in line, so configuring keeps failing with
+        # the same clear error instead of silently leaving the model unversioned.
+        while self._waiting:
+            self._build(self._waiting[0])
+            self._waiting.pop(0)
 
     def _build(self, mapper: Mapper[Any]) -> None:
         model = mapper.class_.__name__

@@ -109,7 +109,9 @@ def build_transaction_table(
         sa.Column("issued_at", AwareDateTime(), nullable=False, index=True),
         user_id,
         sa.Column("remote_addr", sa.String(50), nullable=True),
-        sa.Column("meta", sa.JSON().with_variant(_jsonb(), "postgresql"), nullable=True),
+        sa.Column(
+            "meta", sa.JSON(none_as_null=True).with_variant(_jsonb(), "postgresql"), nullable=True
+        ),
         schema=schema,
         info={INFO_KEY: "transaction"},
     )
@@ -118,7 +120,7 @@ def build_transaction_table(
 def _jsonb() -> sa.types.TypeEngine[Any]:
     from sqlalchemy.dialects.postgresql import JSONB
 
-    return JSONB()
+    return JSONB(none_as_null=True)
 
 
 def build_version_table(
