@@ -64,9 +64,9 @@ class UnitOfWork:
     )
     # Values of deleted rows whose attributes were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
-    savepoints: dict[SessionTransaction, tuple[int | None, dict[VersionInfo, dict[Key, _KeyState]], int]] = field(
-        default_factory=dict
-    )
+    savepoints: dict[
+        SessionTransaction, tuple[int | None, dict[VersionInfo, dict[Key, _KeyState]], int]
+    ] = field(default_factory=dict)
 
 
 def _uow(session: Session) -> UnitOfWork:

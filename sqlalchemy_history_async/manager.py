@@ -132,11 +132,14 @@ class VersioningManager:
                 attrs[prop.key] = column.key
         attrs = {**{a: attrs[a] for a in pk_attrs}, **attrs}
 
-        transaction_cls = self._transaction_class_for(mapper)
+        transaction_cls = self._transaction_class_for(mapper, parent_table.metadata)
         version_name = parent_table.name + "_version"
-        if parent_table.metadata.tables.get(
-            f"{parent_table.schema}.{version_name}" if parent_table.schema else version_name
-        ) is not None:
+        if (
+            parent_table.metadata.tables.get(
+                f"{parent_table.schema}.{version_name}" if parent_table.schema else version_name
+            )
+            is not None
+        ):
             raise ConfigurationError(
                 f"{model}: table {version_name!r} already exists in its MetaData; "
                 "was the model versioned twice?"
@@ -162,8 +165,9 @@ class VersioningManager:
         self._listen(mapper, "after_update", partial(_after_update, info))
         self._listen(mapper, "before_delete", partial(_before_delete, info))
 
-    def _transaction_class_for(self, mapper: Mapper[Any]) -> type[Transaction]:
-        metadata = mapper.local_table.metadata
+    def _transaction_class_for(
+        self, mapper: Mapper[Any], metadata: sa.MetaData
+    ) -> type[Transaction]:
         if self._transaction_class is not None:
             table: sa.Table = self._transaction_class.__table__  # type: ignore[attr-defined]
             if table.metadata is not metadata:

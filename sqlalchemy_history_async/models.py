@@ -26,7 +26,10 @@ __all__ = ["Transaction", "Version", "VersionInfo", "map_transaction_class", "ma
 
 @dataclass(eq=False)
 class VersionInfo:
-    """What the library knows about one versioned model; stored on both classes' ``ClassManager.info``."""
+    """What the library knows about one versioned model.
+
+    Stored in the ``ClassManager.info`` of both the model and its version class.
+    """
 
     parent: type[Any]
     parent_mapper: Mapper[Any]
@@ -204,7 +207,9 @@ def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Vers
         "versions",
         relationship(
             cls,
-            primaryjoin=sa.and_(*[p == foreign(v) for p, v in zip(parent_pk, pk_cols)]),
+            primaryjoin=sa.and_(
+                *[p == foreign(v) for p, v in zip(parent_pk, pk_cols, strict=True)]
+            ),
             order_by=vt.c.transaction_id,
             lazy="write_only",
             viewonly=True,

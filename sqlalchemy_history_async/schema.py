@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -64,8 +64,8 @@ class AwareDateTime(TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
-        value = value.astimezone(timezone.utc)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+        utc = value.astimezone(timezone.utc)
+        return utc if dialect.name == "postgresql" else utc.replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -170,6 +170,6 @@ def build_version_table(
 def _copy_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     # Schema-bound types (Enum, Boolean) attach to one table; give the copy its own instance.
     if isinstance(type_, sa.types.SchemaType):
-        copied: sa.types.TypeEngine[Any] = type_.copy()  # type: ignore[attr-defined]
+        copied: sa.types.TypeEngine[Any] = cast(Any, type_).copy()
         return copied
     return type_

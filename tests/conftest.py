@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_history_async import make_versioned, remove_versioning
@@ -118,7 +123,9 @@ async def session(
 def sync_engine(engine: AsyncEngine, async_url: str) -> Iterator[sa.Engine]:
     """A sync engine (sqlite3 / psycopg) on the same, already created, schema."""
     url = sa.make_url(async_url)
-    url = url.set(drivername="sqlite" if url.get_backend_name() == "sqlite" else "postgresql+psycopg")
+    url = url.set(
+        drivername="sqlite" if url.get_backend_name() == "sqlite" else "postgresql+psycopg"
+    )
     sync = sa.create_engine(url)
     try:
         yield sync

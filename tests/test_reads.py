@@ -1,0 +1,180 @@
+"""Reading history through AsyncSession: no hidden I/O, everything awaitable or eager-loadable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload, undefer
+
+from sqlalchemy_history_async import Operation, Transaction, version_class
+
+from .conftest import StatementLog
+from .models import Models
+
+
+async def make_history(models: Models, session: AsyncSession) -> Any:
+    """Article 1: insert, update, update; article 2 interleaved: insert, update."""
+    a = models.Article(title="a1", body="body")
+    session.add(a)
+    await session.commit()
+    b = models.Article(title="b1")
+    session.add(b)
+    await session.commit()
+    a.title = "a2"
+    await session.commit()
+    b.title = "b2"
+    await session.commit()
+    a.title, a.body = "a3", None
+    await session.commit()
+    return a, b
+
+
+async def test_versions_relationship_is_write_only_and_ordered(
+    models: Models, session: AsyncSession
+) -> None:
+    a, b = await make_history(models, session)
+    versions = (await session.scalars(a.versions.select())).all()
+    assert [v.title for v in versions] == ["a1", "a2", "a3"]
+    assert [v.transaction_id for v in versions] == sorted(v.transaction_id for v in versions)
+    assert all(v.id == a.id for v in versions)
+    assert [v.title for v in (await session.scalars(b.versions.select())).all()] == ["b1", "b2"]
+
+
+async def test_deleted_rows_versions_are_reachable(models: Models, session: AsyncSession) -> None:
+    a, _ = await make_history(models, session)
+    article_id = a.id
+    await session.delete(a)
+    await session.commit()
+    V = version_class(models.Article)
+    versions = (
+        await session.scalars(sa.select(V).where(V.id == article_id).order_by(V.transaction_id))
+    ).all()
+    assert [v.operation_type for v in versions] == [
+        Operation.INSERT,
+        Operation.UPDATE,
+        Operation.UPDATE,
+        Operation.DELETE,
+    ]
+
+
+async def test_awaitable_attrs(models: Models, session: AsyncSession) -> None:
+    a, _ = await make_history(models, session)
+    first, second, third = (await session.scalars(a.versions.select())).all()
+
+    assert await second.awaitable_attrs.previous is first
+    assert await second.awaitable_attrs.next is third
+    assert await first.awaitable_attrs.previous is None
+    assert await third.awaitable_attrs.next is None
+    tx = await third.awaitable_attrs.transaction
+    assert isinstance(tx, Transaction)
+    assert tx.id == third.transaction_id
+    assert await third.awaitable_attrs.changeset == {"title": ["a2", "a3"], "body": ["body", None]}
+    assert [await v.awaitable_attrs.index for v in (first, second, third)] == [0, 1, 2]
+
+
+async def test_eager_loading_makes_reads_free_of_io(
+    models: Models, session: AsyncSession, statements: StatementLog
+) -> None:
+    a, _ = await make_history(models, session)
+    V = version_class(models.Article)
+    statements.clear()
+    versions = (
+        await session.scalars(
+            a.versions.select().options(
+                selectinload(V.previous),
+                selectinload(V.next),
+                selectinload(V.transaction),
+                undefer(V.index),
+            )
+        )
+    ).all()
+    loaded_with = len(statements.statements)
+    # plain attribute access: no I/O may happen (it would raise MissingGreenlet here)
+    summary = [
+        (v.index, v.previous is None, v.next is None, v.transaction.id, v.changeset)
+        for v in versions
+    ]
+    assert len(statements.statements) == loaded_with <= 4
+    assert summary == [
+        (
+            0,
+            True,
+            False,
+            versions[0].transaction_id,
+            {
+                "id": [None, a.id],
+                "title": [None, "a1"],
+                "body": [None, "body"],
+                "status_": [None, "draft"],
+                "created": [None, a.created],
+            },
+        ),
+        (1, False, False, versions[1].transaction_id, {"title": ["a1", "a2"]}),
+        (
+            2,
+            False,
+            True,
+            versions[2].transaction_id,
+            {"title": ["a2", "a3"], "body": ["body", None]},
+        ),
+    ]
+
+
+async def test_changeset_of_first_version_lists_only_non_null_values(
+    models: Models, session: AsyncSession
+) -> None:
+    a = models.Article(title="t", body=None)
+    session.add(a)
+    await session.commit()
+    [v] = (await session.scalars(a.versions.select())).all()
+    changeset = await v.awaitable_attrs.changeset
+    assert "body" not in changeset
+    assert changeset["title"] == [None, "t"]
+
+
+async def test_index_counts_only_the_same_row(models: Models, session: AsyncSession) -> None:
+    await make_history(models, session)
+    V = version_class(models.Article)
+    rows = (
+        await session.execute(sa.select(V.id, V.title, V.index).order_by(V.transaction_id))
+    ).all()
+    assert [(r.title, r.index) for r in rows] == [
+        ("a1", 0),
+        ("b1", 0),
+        ("a2", 1),
+        ("b2", 1),
+        ("a3", 2),
+    ]
+
+
+async def test_is_current_in_python_and_sql(models: Models, session: AsyncSession) -> None:
+    await make_history(models, session)
+    V = version_class(models.Article)
+    current = (await session.scalars(sa.select(V).where(V.is_current).order_by(V.id))).all()
+    assert [v.title for v in current] == ["a3", "b2"]
+    assert all(v.is_current for v in current)
+    old = (await session.scalars(sa.select(V).where(~V.is_current))).all()
+    assert len(old) == 3
+    assert not any(v.is_current for v in old)
+
+
+async def test_one_query_loads_a_page_of_versions_with_previous(
+    models: Models, session: AsyncSession, statements: StatementLog
+) -> None:
+    session.add_all([models.Article(title=f"r{i}") for i in range(30)])
+    await session.commit()
+    for a in (await session.scalars(sa.select(models.Article))).all():
+        a.title += "'"
+    await session.commit()
+    V = version_class(models.Article)
+    statements.clear()
+    page = (
+        await session.scalars(
+            sa.select(V).options(selectinload(V.previous)).order_by(V.transaction_id, V.id)
+        )
+    ).all()
+    assert len(page) == 60
+    assert len(statements.statements) == 2  # the page, then one selectin query for previous
+    assert all((v.previous is None) == (v.operation_type is Operation.INSERT) for v in page)
