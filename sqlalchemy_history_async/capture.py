@@ -320,8 +320,7 @@ def _statements(info: VersionInfo) -> dict[str, Any]:
     if info.statements:
         return info.statements
     vt = info.version_table
-    pt = info.parent_mapper.local_table
-    assert isinstance(pt, sa.Table)
+    pt = info.parent_table
     col_keys = list(info.attrs.values())
     pk_keys = [info.attrs[a] for a in info.pk_attrs]
     tx_type = vt.c.transaction_id.type

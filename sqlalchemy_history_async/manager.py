@@ -23,11 +23,13 @@ from .schema import INFO_KEY, build_transaction_table, build_version_table
 
 __all__ = [
     "VersioningManager",
+    "default_manager",
     "make_versioned",
     "parent_class",
     "remove_versioning",
     "transaction_class",
     "version_class",
+    "version_info",
 ]
 
 UserClass = type[Any] | str | None
@@ -67,6 +69,11 @@ class VersioningManager:
         self._infos: list[VersionInfo] = []
         self._transaction_class: type[Transaction] | None = None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+
+    @property
+    def versioned_classes(self) -> tuple[type[Any], ...]:
+        """The models this manager versions, in the order their version classes were built."""
+        return tuple(info.parent for info in self._infos)
 
     @property
     def active(self) -> bool:
@@ -152,6 +159,7 @@ class VersioningManager:
         info = VersionInfo(
             parent=mapper.class_,
             parent_mapper=mapper,
+            parent_table=parent_table,
             version_table=version_table,
             transaction_class=transaction_cls,
             attrs=attrs,
@@ -260,7 +268,16 @@ def remove_versioning() -> None:
         _default_manager = None
 
 
-def _info(cls: Any) -> VersionInfo:
+def default_manager() -> VersioningManager:
+    """The manager installed by :func:`make_versioned` (configuring pending models first)."""
+    if _default_manager is None:
+        raise ConfigurationError("versioning is not enabled: call make_versioned() first")
+    sa.orm.configure_mappers()
+    return _default_manager
+
+
+def version_info(cls: Any) -> VersionInfo:
+    """The :class:`VersionInfo` of a versioned model or version class (configuring if needed)."""
     mapper = sa.inspect(cls, raiseerr=False) if isinstance(cls, type) else None
     if not isinstance(mapper, Mapper):
         raise NotVersionedError(f"{cls!r} is not a mapped class")
@@ -280,7 +297,7 @@ def _info(cls: Any) -> VersionInfo:
 
 def version_class(model: type[Any]) -> type[Version]:
     """Return the version class of a versioned model (configuring mappers if needed)."""
-    info = _info(model)
+    info = version_info(model)
     if issubclass(model, Version):
         raise NotVersionedError(f"{model.__name__} is a version class, not a versioned model")
     return info.version_class
@@ -290,9 +307,9 @@ def parent_class(version_cls: type[Any]) -> type[Any]:
     """Return the model a version class records."""
     if not (isinstance(version_cls, type) and issubclass(version_cls, Version)):
         raise NotVersionedError(f"{version_cls!r} is not a version class")
-    return _info(version_cls).parent
+    return version_info(version_cls).parent
 
 
 def transaction_class(cls: type[Any]) -> type[Transaction]:
     """Return the transaction class used by a versioned model (or by its version class)."""
-    return _info(cls).transaction_class
+    return version_info(cls).transaction_class

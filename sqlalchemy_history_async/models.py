@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import Mapper, foreign, relationship, remote
+from sqlalchemy.orm import Mapped, Mapper, foreign, relationship, remote
 from sqlalchemy.sql.elements import ColumnElement
 
 from .schema import Operation
@@ -33,6 +33,7 @@ class VersionInfo:
 
     parent: type[Any]
     parent_mapper: Mapper[Any]
+    parent_table: sa.Table
     version_table: sa.Table
     transaction_class: type[Transaction]
     #: attribute key → column key, for every tracked (copied) column, primary key first
@@ -50,11 +51,11 @@ class Transaction(AsyncAttrs):
     __history_info__: ClassVar[dict[str, Any]]
 
     if TYPE_CHECKING:
-        id: int
-        issued_at: datetime
-        user_id: Any
-        remote_addr: str | None
-        meta: dict[str, Any] | None
+        id: Mapped[int]
+        issued_at: Mapped[datetime]
+        user_id: Mapped[Any]
+        remote_addr: Mapped[str | None]
+        meta: Mapped[dict[str, Any] | None]
 
     def __repr__(self) -> str:
         return (
@@ -73,13 +74,13 @@ class Version(AsyncAttrs):
     __history_info__: ClassVar[VersionInfo]
 
     if TYPE_CHECKING:
-        transaction_id: int
-        end_transaction_id: int | None
-        operation_type: Operation
-        transaction: Transaction
-        previous: Version | None
-        next: Version | None
-        index: int
+        transaction_id: Mapped[int]
+        end_transaction_id: Mapped[int | None]
+        operation_type: Mapped[Operation]
+        transaction: Mapped[Transaction]
+        previous: Mapped[Version | None]
+        next: Mapped[Version | None]
+        index: Mapped[int]
 
         # Tracked columns of the model are set up at configure time.
         def __getattr__(self, name: str) -> Any: ...
@@ -202,7 +203,7 @@ def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Vers
     registry.map_imperatively(cls, vt, properties=properties)
     info.version_class = cls
 
-    parent_pk = [info.parent_mapper.local_table.c[info.attrs[a]] for a in info.pk_attrs]
+    parent_pk = [info.parent_table.c[info.attrs[a]] for a in info.pk_attrs]
     info.parent_mapper.add_property(
         "versions",
         relationship(

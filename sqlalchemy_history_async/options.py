@@ -50,7 +50,9 @@ def model_options(mapper: Mapper[Any]) -> ModelOptions:
             f"known options: {', '.join(sorted(MODEL_OPTION_KEYS))}"
         )
     exclude = raw.get("exclude", ())
-    if isinstance(exclude, str) or not all(isinstance(e, str) for e in exclude):
+    if not isinstance(exclude, (list, tuple, set, frozenset)) or not all(
+        isinstance(e, str) for e in exclude
+    ):
         raise ConfigurationError(
             f"{model}.__versioned__['exclude'] must be a list of attribute names, got {exclude!r}"
         )
