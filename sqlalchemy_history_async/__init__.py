@@ -11,6 +11,18 @@ from .manager import (
     version_class,
 )
 from .models import Transaction, Version
+from .queries import (
+    changes_in,
+    changes_in_sync,
+    diff,
+    json_patch,
+    select_as_of,
+    select_changed,
+    select_changes,
+    select_version_at,
+    stream_changes,
+    version_at,
+)
 from .schema import Operation
 
 __all__ = [
@@ -22,10 +34,20 @@ __all__ = [
     "Version",
     "VersioningError",
     "VersioningManager",
+    "changes_in",
+    "changes_in_sync",
+    "diff",
+    "json_patch",
     "make_versioned",
     "parent_class",
     "remove_versioning",
+    "select_as_of",
+    "select_changed",
+    "select_changes",
+    "select_version_at",
+    "stream_changes",
     "transaction_class",
+    "version_at",
     "version_class",
     "versioning_context",
 ]

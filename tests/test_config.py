@@ -1,0 +1,512 @@
+"""Bad configuration and wrong call order: clear errors naming the model and the option at fault.
+
+Each test installs its own manager and defines its own models on a fresh declarative base; the
+``new_base`` fixture removes the manager and disposes every base's registry afterwards, so a
+model that failed to configure cannot break later tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from sqlalchemy_history_async import (
+    ConfigurationError,
+    NotVersionedError,
+    Version,
+    VersioningError,
+    make_versioned,
+    parent_class,
+    remove_versioning,
+    transaction_class,
+    version_class,
+)
+from sqlalchemy_history_async import capture as capture_module
+
+from .conftest import reset_schema
+
+BaseFactory = Callable[[], type[DeclarativeBase]]
+
+
+@pytest.fixture
+def new_base() -> Iterator[BaseFactory]:
+    """Make fresh declarative bases; afterwards remove versioning and dispose their registries."""
+    bases: list[type[DeclarativeBase]] = []
+
+    def make() -> type[DeclarativeBase]:
+        class Base(DeclarativeBase):
+            pass
+
+        bases.append(Base)
+        return Base
+
+    try:
+        yield make
+    finally:
+        remove_versioning()
+        for base in bases:
+            base.registry.dispose()
+
+
+def define_article(base: type[DeclarativeBase], versioned: Any = None) -> type[Any]:
+    """A small model on ``base``; ``versioned`` is its ``__versioned__`` (``{}`` by default)."""
+
+    class Article(base):
+        __tablename__ = "article"
+        __versioned__ = {} if versioned is None else versioned
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(50))
+
+    return Article
+
+
+def test_errors_share_one_base_class() -> None:
+    assert issubclass(ConfigurationError, VersioningError)
+    assert issubclass(NotVersionedError, VersioningError)
+    assert not issubclass(ConfigurationError, NotVersionedError)
+
+
+# --- __versioned__ options --------------------------------------------------------------------
+
+
+def test_unknown_versioned_key(new_base: BaseFactory) -> None:
+    make_versioned()
+    define_article(new_base(), {"exclude": [], "excludes": ["title"]})
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Article" in message
+    assert "'excludes'" in message
+
+
+def test_failed_configure_keeps_failing_with_the_same_error(new_base: BaseFactory) -> None:
+    """A model that failed to build is never left silently unversioned."""
+    make_versioned()
+    define_article(new_base(), {"bogus": True})
+    with pytest.raises(ConfigurationError) as first:
+        sa.orm.configure_mappers()
+    with pytest.raises(ConfigurationError) as second:
+        sa.orm.configure_mappers()
+    assert str(second.value) == str(first.value)
+
+
+@pytest.mark.parametrize("versioned", [["exclude"], None, True, "exclude"])
+def test_versioned_not_a_dict(new_base: BaseFactory, versioned: Any) -> None:
+    make_versioned()
+    Base = new_base()
+
+    class Note(Base):
+        __tablename__ = "note"
+        __versioned__ = versioned
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Note.__versioned__" in message
+    assert "dict" in message
+    assert type(versioned).__name__ in message
+
+
+@pytest.mark.parametrize(
+    "exclude",
+    ["title", ["title", 1], None, 5, {"title": True}],
+    ids=["bare-string", "non-string-item", "none", "int", "dict"],
+)
+def test_exclude_not_a_list_of_names(new_base: BaseFactory, exclude: Any) -> None:
+    make_versioned()
+    define_article(new_base(), {"exclude": exclude})
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Article" in message
+    assert "'exclude'" in message
+    assert repr(exclude) in message
+
+
+def test_exclude_names_missing_column(new_base: BaseFactory) -> None:
+    make_versioned()
+    define_article(new_base(), {"exclude": ["title", "no_such_column"]})
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Article" in message
+    assert "'no_such_column'" in message
+    assert "'title'" not in message
+
+
+def test_exclude_names_relationship_not_column(new_base: BaseFactory) -> None:
+    make_versioned()
+    Base = new_base()
+
+    class Author(Base):
+        __tablename__ = "author"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Book(Base):
+        __tablename__ = "book"
+        __versioned__ = {"exclude": ["author"]}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        author_id: Mapped[int] = mapped_column(sa.ForeignKey("author.id"))
+        author: Mapped[Author] = sa.orm.relationship()
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Book" in message
+    assert "'author'" in message
+
+
+def test_exclude_names_primary_key_column(new_base: BaseFactory) -> None:
+    make_versioned()
+    define_article(new_base(), {"exclude": ["id"]})
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Article" in message
+    assert "primary key" in message
+    assert "'id'" in message
+
+
+@pytest.mark.parametrize("name", ["secret", "secret_"], ids=["column-name", "attribute-name"])
+def test_exclude_by_column_or_attribute_name(new_base: BaseFactory, name: str) -> None:
+    """``exclude`` accepts the column name as well as the attribute name when they differ."""
+    make_versioned()
+    Base = new_base()
+
+    class Account(Base):
+        __tablename__ = "account"
+        __versioned__ = {"exclude": [name]}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        owner: Mapped[str] = mapped_column(sa.String(50))
+        secret_: Mapped[str] = mapped_column("secret", sa.String(50))
+
+    sa.orm.configure_mappers()
+    V = version_class(Account)
+    assert "secret" not in V.__table__.c
+    assert set(V.__table__.c.keys()) == {
+        "id",
+        "owner",
+        "transaction_id",
+        "end_transaction_id",
+        "operation_type",
+    }
+    assert not hasattr(V, "secret_")
+    assert "secret_" not in V.__history_info__.attrs
+
+
+# --- make_versioned() / remove_versioning() ---------------------------------------------------
+
+
+def test_user_cls_name_not_found(new_base: BaseFactory) -> None:
+    make_versioned(user_cls="Nope")
+    define_article(new_base())
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "user_cls='Nope'" in message
+    assert "Article" in message
+
+
+def test_user_cls_not_mapped(new_base: BaseFactory) -> None:
+    class Member:
+        id = 1
+
+    make_versioned(user_cls=Member)
+    define_article(new_base())
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "user_cls=Member" in message
+    assert "not a mapped class" in message
+
+
+def test_user_cls_of_wrong_kind(new_base: BaseFactory) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        make_versioned(user_cls=5)  # type: ignore[arg-type]
+    message = str(exc.value)
+    assert "user_cls" in message
+    assert "5" in message
+
+
+def test_user_cls_with_composite_primary_key(new_base: BaseFactory) -> None:
+    make_versioned(user_cls="Member")
+    Base = new_base()
+
+    class Member(Base):
+        __tablename__ = "member"
+        org: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+        login: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+
+    define_article(Base)
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Member" in message
+    assert "single-column primary key" in message
+    assert "2" in message
+
+
+def test_user_cls_and_user_id_type_together(new_base: BaseFactory) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        make_versioned(user_cls="User", user_id_type=sa.Integer())
+    message = str(exc.value)
+    assert "user_cls" in message
+    assert "user_id_type" in message
+    # Nothing was installed: make_versioned() can be called normally.
+    make_versioned()
+
+
+def test_make_versioned_twice(new_base: BaseFactory) -> None:
+    first = make_versioned()
+    with pytest.raises(ConfigurationError) as exc:
+        make_versioned()
+    message = str(exc.value)
+    assert "make_versioned()" in message
+    assert "remove_versioning()" in message
+    assert first.active  # the first manager is untouched
+
+
+def test_make_versioned_after_remove_versioning(new_base: BaseFactory) -> None:
+    first = make_versioned()
+    remove_versioning()
+    assert not first.active
+    second = make_versioned()
+    assert second.active
+    assert second is not first
+
+
+def test_remove_versioning_without_manager_is_noop(new_base: BaseFactory) -> None:
+    remove_versioning()
+    remove_versioning()
+    assert not sa.event.contains(Session, "before_flush", capture_module.before_flush)
+    assert not sa.event.contains(Session, "after_flush", capture_module.after_flush)
+
+    manager = make_versioned()
+    assert sa.event.contains(Session, "after_flush", capture_module.after_flush)
+    remove_versioning()
+    remove_versioning()
+    assert not manager.active
+    assert not sa.event.contains(Session, "after_flush", capture_module.after_flush)
+
+
+# --- version_class() / parent_class() ---------------------------------------------------------
+
+
+def test_version_class_of_unversioned_model(new_base: BaseFactory) -> None:
+    make_versioned()
+    Base = new_base()
+    define_article(Base)
+
+    class Plain(Base):
+        __tablename__ = "plain"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    sa.orm.configure_mappers()
+    with pytest.raises(NotVersionedError) as exc:
+        version_class(Plain)
+    message = str(exc.value)
+    assert "Plain is not versioned" in message
+    assert "__versioned__" in message
+    with pytest.raises(NotVersionedError, match="Plain"):
+        transaction_class(Plain)
+
+
+class NotMapped:
+    pass
+
+
+@pytest.mark.parametrize("cls", [object, NotMapped, 42], ids=["object", "plain-class", "int"])
+def test_version_class_of_non_mapped(new_base: BaseFactory, cls: Any) -> None:
+    make_versioned()
+    with pytest.raises(NotVersionedError) as exc:
+        version_class(cls)
+    message = str(exc.value)
+    assert repr(cls) in message
+    assert "not a mapped class" in message
+
+
+def test_version_class_of_version_class(new_base: BaseFactory) -> None:
+    make_versioned()
+    Article = define_article(new_base())
+    V = version_class(Article)
+    with pytest.raises(NotVersionedError) as exc:
+        version_class(V)
+    message = str(exc.value)
+    assert "ArticleVersion" in message
+    assert "version class" in message
+
+
+def test_parent_class_of_model(new_base: BaseFactory) -> None:
+    make_versioned()
+    Article = define_article(new_base())
+    sa.orm.configure_mappers()
+    with pytest.raises(NotVersionedError) as exc:
+        parent_class(Article)
+    message = str(exc.value)
+    assert "Article" in message
+    assert "not a version class" in message
+    with pytest.raises(NotVersionedError, match="NotMapped"):
+        parent_class(NotMapped)
+
+
+def test_model_mapped_before_make_versioned(new_base: BaseFactory) -> None:
+    Article = define_article(new_base())
+    make_versioned()
+    with pytest.raises(NotVersionedError) as exc:
+        version_class(Article)
+    message = str(exc.value)
+    assert "Article is not versioned" in message
+    assert "mapped before make_versioned()" in message
+
+
+def test_version_class_configures_lazily(new_base: BaseFactory) -> None:
+    make_versioned()
+    Article = define_article(new_base())
+    assert not sa.inspect(Article).configured
+
+    V = version_class(Article)
+    assert sa.inspect(Article).configured
+    assert issubclass(V, Version)
+    assert V.__name__ == "ArticleVersion"
+    assert parent_class(V) is Article
+    assert transaction_class(V) is transaction_class(Article)
+
+
+# --- models that cannot be versioned ----------------------------------------------------------
+
+
+def test_model_with_column_named_versions(new_base: BaseFactory) -> None:
+    make_versioned()
+    Base = new_base()
+
+    class Release(Base):
+        __tablename__ = "release"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        versions: Mapped[str] = mapped_column(sa.String(50))
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Release" in message
+    assert "'versions'" in message
+
+
+def test_model_with_python_attribute_named_versions(new_base: BaseFactory) -> None:
+    make_versioned()
+    Base = new_base()
+
+    class Package(Base):
+        __tablename__ = "package"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+        @property
+        def versions(self) -> list[str]:
+            return []
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Package" in message
+    assert "'versions'" in message
+
+
+@pytest.mark.parametrize("kind", ["joined", "single"])
+def test_versioned_model_in_inheritance_hierarchy(new_base: BaseFactory, kind: str) -> None:
+    make_versioned()
+    Base = new_base()
+
+    class Animal(Base):
+        __tablename__ = "animal"
+        __versioned__ = {}
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(20))
+
+    if kind == "joined":
+
+        class Dog(Animal):
+            __tablename__ = "dog"
+            __mapper_args__ = {"polymorphic_identity": "dog"}
+            id: Mapped[int] = mapped_column(sa.ForeignKey("animal.id"), primary_key=True)
+            breed: Mapped[str | None] = mapped_column(sa.String(20))
+
+    else:
+
+        class Dog(Animal):  # type: ignore[no-redef]
+            __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert message.startswith("Dog ")
+    assert "Animal" in message
+    assert "not supported yet" in message
+
+
+def test_versioned_models_on_different_metadata(new_base: BaseFactory) -> None:
+    make_versioned()
+    define_article(new_base())
+    Other = new_base()
+
+    class Note(Other):
+        __tablename__ = "note"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "Note" in message
+    assert "MetaData" in message
+
+
+# --- remove_versioning() stops recording --------------------------------------------------------
+
+
+async def test_nothing_recorded_after_remove_versioning(
+    new_base: BaseFactory, async_url: str
+) -> None:
+    make_versioned()
+    Base = new_base()
+    Article = define_article(Base)
+    sa.orm.configure_mappers()
+    V = version_class(Article)
+    Tx = transaction_class(Article)
+
+    async def counts(session: Any) -> tuple[int, int]:
+        versions = await session.scalar(sa.select(sa.func.count()).select_from(V))
+        transactions = await session.scalar(sa.select(sa.func.count()).select_from(Tx))
+        return versions, transactions
+
+    engine = create_async_engine(async_url)
+    try:
+        await reset_schema(engine, Base.metadata)
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            kept = Article(id=1, title="recorded")
+            session.add(kept)
+            await session.commit()
+            assert await counts(session) == (1, 1)
+
+            remove_versioning()
+            kept.title = "not recorded"
+            session.add(Article(id=2, title="not recorded either"))
+            await session.commit()
+            await session.delete(kept)
+            await session.commit()
+
+            assert await counts(session) == (1, 1)
+            remaining = (await session.scalars(sa.select(Article.title))).all()
+            assert remaining == ["not recorded either"]
+            # Version classes stay mapped: the old history is still readable.
+            [v] = (await session.scalars(sa.select(V))).all()
+            assert (v.id, v.title, v.end_transaction_id) == (1, "recorded", None)
+    finally:
+        await engine.dispose()
