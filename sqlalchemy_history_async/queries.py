@@ -258,13 +258,10 @@ def select_changes(
     branches = []
     for info in infos:
         vt = info.version_table
-        key = _json_object(
-            *[
-                item
-                for attr in info.pk_attrs
-                for item in (sa.literal_column(_sql_string(attr)), vt.c[info.attrs[attr]])
-            ]
-        )
+        pairs: list[sa.ColumnElement[Any]] = []
+        for attr in info.pk_attrs:
+            pairs += [sa.literal_column(_sql_string(attr)), vt.c[info.attrs[attr]]]
+        key = _json_object(*pairs)
         branch = sa.select(
             sa.literal_column(_sql_string(info.parent_table.name), sa.String).label("table"),
             key.label("key_text"),
