@@ -85,14 +85,29 @@ def record_insert(info: VersionInfo, state: InstanceState[Any]) -> None:
 
 
 def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
-    """``after_update``: note the row if a tracked column really changed."""
+    """``after_update``: note the row if a tracked column really changed.
+
+    A changed primary key is recorded as what it is for history: the old key's row is gone
+    (DELETE, with its last values) and a row with the new key appeared (INSERT).
+    """
     committed = state.committed_state
-    if not committed:
+    if not committed or not any(
+        attr in committed and state.attrs[attr].history.has_changes() for attr in info.attrs
+    ):
         return
-    for attr in info.attrs:
-        if attr in committed and state.attrs[attr].history.has_changes():
-            _note(info, state, _key_from_dict(info, state), Operation.UPDATE, None)
-            return
+    key = _key_from_dict(info, state)
+    old_key = state.identity  # still the key the row was loaded with
+    if old_key is None or old_key == key:
+        _note(info, state, key, Operation.UPDATE, None)
+        return
+    _note(info, state, old_key, Operation.DELETE, {a: _old_value(state, a) for a in info.attrs})
+    _note(info, state, key, Operation.INSERT, None)
+
+
+def _old_value(state: InstanceState[Any], attr: str) -> Any:
+    history = state.attrs[attr].history
+    before = history.deleted or history.unchanged
+    return before[0] if before else None
 
 
 def record_delete(info: VersionInfo, state: InstanceState[Any], connection: Connection) -> None:

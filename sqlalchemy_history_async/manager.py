@@ -16,9 +16,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapper, Session
 
 from . import capture
-from .exceptions import ConfigurationError, NotVersionedError
+from .exceptions import ConfigurationError, NotVersionedError, VersioningError
 from .models import Transaction, Version, VersionInfo, map_transaction_class, map_version_class
-from .options import model_options
+from .options import column_properties, model_options
 from .schema import INFO_KEY, build_transaction_table, build_version_table
 
 __all__ = [
@@ -66,6 +66,8 @@ class VersioningManager:
         self.user_cls = user_cls
         self.user_id_type = user_id_type
         self._waiting: list[Mapper[Any]] = []
+        self._failed = False
+        self._building = False
         self._infos: list[VersionInfo] = []
         self._transaction_class: type[Transaction] | None = None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
@@ -82,7 +84,7 @@ class VersioningManager:
 
     def install(self) -> None:
         """Install the configure-time and flush-time listeners."""
-        self._listen(Mapper, "instrument_class", self._instrument_class)
+        self._listen(Mapper, "after_mapper_constructed", self._mapper_constructed)
         self._listen(Mapper, "before_configured", self._before_configured)
         self._listen(Session, "before_flush", capture.before_flush)
         self._listen(Session, "after_flush", capture.after_flush)
@@ -96,6 +98,7 @@ class VersioningManager:
             event.remove(target, name, fn)
         self._listeners.clear()
         self._waiting.clear()
+        self._failed = False
 
     def _listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
         event.listen(target, name, fn)
@@ -103,15 +106,40 @@ class VersioningManager:
 
     # --- configure time -----------------------------------------------------------------------
 
-    def _instrument_class(self, mapper: Mapper[Any], cls: type[Any]) -> None:
+    def _mapper_constructed(self, mapper: Mapper[Any], cls: type[Any]) -> None:
+        # Build as soon as a model is defined, so its version table is in the MetaData before
+        # anything reads it (metadata.create_all(), Alembic autogenerate), configured or not.
         if hasattr(cls, "__versioned__"):
             self._waiting.append(mapper)
+        if self._failed or self._building:
+            return  # configuring raises that error again / we are mapping our own classes
+        try:
+            self._build_waiting(final=False)
+        except VersioningError:
+            self._failed = True
+            raise
 
     def _before_configured(self) -> None:
+        self._build_waiting(final=True)
+
+    def _build_waiting(self, *, final: bool) -> None:
         # A model that fails to build stays first in line, so configuring keeps failing with
         # the same clear error instead of silently leaving the model unversioned.
+        self._building = True
+        try:
+            self._build_each(final=final)
+        finally:
+            self._building = False
+
+    def _build_each(self, *, final: bool) -> None:
         while self._waiting:
-            self._build(self._waiting[0])
+            mapper = self._waiting[0]
+            if self._transaction_class is None:
+                user_cls = self._resolve_user_class(mapper, required=final)
+                if user_cls is _NOT_YET:
+                    return  # the user class is defined later; wait for it
+                self._transaction_class = self._build_transaction_class(mapper, user_cls)
+            self._build(mapper)
             self._waiting.pop(0)
 
     def _build(self, mapper: Mapper[Any]) -> None:
@@ -131,7 +159,7 @@ class VersioningManager:
             )
         pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
         attrs: dict[str, str] = {}
-        for prop in mapper.column_attrs:
+        for prop in column_properties(mapper):
             column = prop.columns[0]
             if prop.key in options.exclude or not isinstance(column, sa.Column):
                 continue
@@ -139,7 +167,13 @@ class VersioningManager:
                 attrs[prop.key] = column.key
         attrs = {**{a: attrs[a] for a in pk_attrs}, **attrs}
 
-        transaction_cls = self._transaction_class_for(mapper, parent_table.metadata)
+        transaction_cls = self._transaction_class
+        assert transaction_cls is not None
+        if transaction_cls.__table__.metadata is not parent_table.metadata:  # type: ignore[attr-defined]
+            raise ConfigurationError(
+                f"{model} uses a different MetaData than the models versioned before it; "
+                "all versioned models must share one MetaData"
+            )
         version_name = parent_table.name + "_version"
         if (
             parent_table.metadata.tables.get(
@@ -173,18 +207,9 @@ class VersioningManager:
         self._listen(mapper, "after_update", partial(_after_update, info))
         self._listen(mapper, "before_delete", partial(_before_delete, info))
 
-    def _transaction_class_for(
-        self, mapper: Mapper[Any], metadata: sa.MetaData
+    def _build_transaction_class(
+        self, mapper: Mapper[Any], user_cls: type[Any] | None
     ) -> type[Transaction]:
-        if self._transaction_class is not None:
-            table: sa.Table = self._transaction_class.__table__  # type: ignore[attr-defined]
-            if table.metadata is not metadata:
-                raise ConfigurationError(
-                    f"{mapper.class_.__name__} uses a different MetaData than the models "
-                    "versioned before it; all versioned models must share one MetaData"
-                )
-            return self._transaction_class
-        user_cls = self._resolve_user_class(mapper)
         user_column: sa.Column[Any] | None = None
         if user_cls is not None:
             user_mapper = sa.inspect(user_cls)
@@ -195,32 +220,37 @@ class VersioningManager:
                 )
             user_column = user_mapper.primary_key[0]
         table = build_transaction_table(
-            metadata,
+            mapper.local_table.metadata,  # type: ignore[attr-defined]
             user_id_column=user_column,
             user_id_type=self.user_id_type or _UserIdString(),
         )
-        self._transaction_class = map_transaction_class(mapper.registry, table, user_cls)
-        return self._transaction_class
+        return map_transaction_class(mapper.registry, table, user_cls)
 
-    def _resolve_user_class(self, mapper: Mapper[Any]) -> type[Any] | None:
+    def _resolve_user_class(self, mapper: Mapper[Any], *, required: bool) -> Any:
+        """The user class, ``None`` when there is none, or ``_NOT_YET`` while undefined."""
         user_cls = self.user_cls
         if user_cls is None:
             return None
         if isinstance(user_cls, str):
             found = [m.class_ for m in mapper.registry.mappers if m.class_.__name__ == user_cls]
-            if len(found) != 1:
-                raise ConfigurationError(
-                    f"make_versioned(user_cls={user_cls!r}): "
-                    + ("no mapped class" if not found else "more than one mapped class")
-                    + f" of that name in the registry of {mapper.class_.__name__}"
-                )
-            return found[0]
+            if len(found) == 1:
+                return found[0]
+            if not found and not required:
+                return _NOT_YET
+            raise ConfigurationError(
+                f"make_versioned(user_cls={user_cls!r}): "
+                + ("no mapped class" if not found else "more than one mapped class")
+                + f" of that name in the registry of {mapper.class_.__name__}"
+            )
         if sa.inspect(user_cls, raiseerr=False) is None:
             raise ConfigurationError(
                 f"make_versioned(user_cls={user_cls.__name__}): not a mapped class with a "
-                "primary key"
+                f"primary key (needed by {mapper.class_.__name__})"
             )
         return user_cls
+
+
+_NOT_YET = object()
 
 
 def _after_insert(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:

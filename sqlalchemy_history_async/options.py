@@ -15,7 +15,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper
 
 from .exceptions import ConfigurationError
 
-__all__ = ["MODEL_OPTION_KEYS", "ModelOptions", "model_options"]
+__all__ = ["MODEL_OPTION_KEYS", "ModelOptions", "column_properties", "model_options"]
 
 #: The keys accepted in a model's ``__versioned__`` dictionary.
 MODEL_OPTION_KEYS = frozenset({"exclude"})
@@ -62,12 +62,19 @@ def model_options(mapper: Mapper[Any]) -> ModelOptions:
     return ModelOptions(exclude=frozenset(resolved))
 
 
+def column_properties(mapper: Mapper[Any]) -> list[ColumnProperty[Any]]:
+    """The mapper's column properties, readable while the mapper is still being constructed."""
+    # iterate_properties, unlike Mapper.attrs/column_attrs, never triggers configure.
+    return [p for p in mapper.iterate_properties if isinstance(p, ColumnProperty)]
+
+
 def _resolve_column_attribute(mapper: Mapper[Any], name: str) -> str:
     """Map an excluded name (attribute key or column name) to the attribute key."""
     model = mapper.class_.__name__
-    prop = mapper.attrs.get(name)
+    props = column_properties(mapper)
+    prop = next((p for p in props if p.key == name), None)
     if prop is None:
-        for candidate in mapper.column_attrs:
+        for candidate in props:
             if any(isinstance(c, sa.Column) and c.name == name for c in candidate.columns):
                 prop = candidate
                 break

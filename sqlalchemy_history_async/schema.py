@@ -6,6 +6,7 @@ Nothing here knows about sessions or mappers beyond the columns it is handed.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -147,8 +148,9 @@ def build_version_table(
             )
         )
     tx_id = transaction_table.c.id
-    return sa.Table(
-        parent.name + VERSION_TABLE_SUFFIX,
+    name = parent.name + VERSION_TABLE_SUFFIX
+    table = sa.Table(
+        name,
         parent.metadata,
         *copies,
         sa.Column(
@@ -159,12 +161,36 @@ def build_version_table(
             autoincrement=False,
             index=True,
         ),
-        # Open (current) versions are looked up by key + NULL end; closed ones by range.
-        sa.Column("end_transaction_id", tx_id.type, nullable=True, index=True),
+        sa.Column("end_transaction_id", tx_id.type, nullable=True),
         sa.Column("operation_type", OperationType(), nullable=False),
         schema=parent.schema,
         info={INFO_KEY: "version", "parent_table": parent.fullname},
     )
+    # At most one open version per row, enforced by the database; the same partial index
+    # serves "current version of a row" lookups and the UPDATE that closes previous versions.
+    # Backends without partial indexes rely on the primary key for those lookups.
+    open_only = table.c.end_transaction_id.is_(None)
+    sa.Index(
+        _index_name(name, "current"),
+        *[table.c[c.key] for c in copies if c.primary_key],
+        unique=True,
+        postgresql_where=open_only,
+        sqlite_where=open_only,
+        mssql_where=open_only,
+    ).ddl_if(dialect=cast(Any, _PARTIAL_INDEX_DIALECTS))
+    return table
+
+
+_PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
+
+
+def _index_name(table: str, suffix: str, limit: int = 63) -> str:
+    """``ix_<table>_<suffix>``, shortened with a stable hash to fit every backend's limit."""
+    name = f"ix_{table}_{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9]}_{digest}"
 
 
 def _copy_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:

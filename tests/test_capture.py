@@ -301,6 +301,28 @@ async def test_composite_key_rows_are_tracked_separately(
     assert versions[0].end_transaction_id is None
 
 
+async def test_primary_key_change_is_delete_plus_insert(
+    models: Models, session: AsyncSession
+) -> None:
+    t = models.Tagging(article_id=1, tag="old", weight=3)
+    session.add(t)
+    await session.commit()
+    t.tag = "new"
+    t.weight = 4
+    await session.commit()
+
+    versions = await all_versions(session, models.Tagging)
+    assert [(v.tag, v.weight, v.operation_type) for v in versions] == [
+        ("old", 3, Operation.INSERT),
+        ("new", 4, Operation.INSERT),
+        ("old", 3, Operation.DELETE),
+    ]
+    old_insert, new_insert, old_delete = versions
+    assert old_insert.end_transaction_id == old_delete.transaction_id
+    assert new_insert.end_transaction_id is None
+    assert old_delete.end_transaction_id is None
+
+
 async def test_history_writes_are_set_based(
     models: Models, session: AsyncSession, statements: StatementLog
 ) -> None:
