@@ -1,11 +1,14 @@
 """Exceptions raised by sqlalchemy_history_async.
 
-Every error the library raises derives from one base class::
+Every error specific to the library derives from one base class::
 
     VersioningError
      ├── ConfigurationError      bad options, bad user class, wrong call order at configure time
      ├── NotVersionedError       a class that is not versioned (or not a version class) was given
      └── RevertError             a version cannot be reverted in the given situation
+
+Arguments of the wrong type or value given to the query builders raise the built-in
+``TypeError`` / ``ValueError``, as Python functions do.
 """
 
 from __future__ import annotations

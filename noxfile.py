@@ -1,0 +1,70 @@
+"""Nox sessions for sqlalchemy-history-async.
+
+    nox -s tests                         # lint, type-check and test against SQLAlchemy 2.1 and 2.0
+    nox -s "tests(sqlalchemy='2.0')"     # a single SQLAlchemy line
+    nox -s tests -- -k revert -x         # arguments after ``--`` go to pytest
+    nox -s lint                          # ruff + mypy only
+    nox -s demo                          # run examples/quickstart.py
+
+The test suite starts its own throwaway PostgreSQL server (see ``tests/pgserver.py``).
+Set ``HISTORY_TEST_DATABASES`` to choose the backends, e.g. ``HISTORY_TEST_DATABASES=sqlite``
+to skip PostgreSQL; the variable reaches pytest unchanged because sessions inherit the
+environment.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+SQLALCHEMY_LINES = {"2.1": ">=2.1,<2.2", "2.0": ">=2.0,<2.1"}
+
+
+def _lint(session: nox.Session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+@nox.parametrize("sqlalchemy", list(SQLALCHEMY_LINES))
+def tests(session: nox.Session, sqlalchemy: str) -> None:
+    """Lint, type-check and run the test suite against one SQLAlchemy release line."""
+    session.install("-e", ".[test,lint]")
+    session.install(f"sqlalchemy[asyncio]{SQLALCHEMY_LINES[sqlalchemy]}")
+    session.run("python", "-c", "import sqlalchemy; print('SQLAlchemy', sqlalchemy.__version__)")
+    _lint(session)
+    session.run("pytest", *(session.posargs or ["-q", "-ra"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff (lint and formatting) and mypy only."""
+    session.install("-e", ".[lint]")
+    _lint(session)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the quickstart example on SQLite."""
+    session.install("-e", ".[aiosqlite]")
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmark against SQLAlchemy-History and SQLAlchemy-Continuum.
+
+    Arguments after ``--`` go to ``benchmarks/run.py``: ``nox -s bench -- --quick`` for a smoke
+    run, ``--db``, ``--workloads``, ``--modes``, ``--repeats N``, ``--report`` to rewrite
+    docs/benchmarks.md and docs/benchmarks.png (see ``--help``). Each competitor gets its own
+    virtualenv next to this session's, reused while its pins are unchanged.
+    """
+    import os.path
+
+    session.install("-e", ".[aiosqlite,asyncpg]", "matplotlib")
+    envs_dir = os.path.join(os.path.dirname(session.virtualenv.location), "bench-envs")
+    session.run("python", "benchmarks/run.py", "--envs-dir", envs_dir, *session.posargs)
