@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransaction
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 
 from .context import current_context
 from .models import VersionInfo
@@ -92,7 +93,8 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
     """
     committed = state.committed_state
     if not committed or not any(
-        attr in committed and state.attrs[attr].history.has_changes() for attr in info.attrs
+        state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
+        for attr in info.attrs.keys() & committed.keys()
     ):
         return
     key = _key_from_dict(info, state)
@@ -105,7 +107,7 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
 
 
 def _old_value(state: InstanceState[Any], attr: str) -> Any:
-    history = state.attrs[attr].history
+    history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
     before = history.deleted or history.unchanged
     return before[0] if before else None
 
@@ -286,13 +288,15 @@ def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
 def _insert_transaction(connection: Connection, info: VersionInfo) -> int:
     ctx = current_context()
     table = info.transaction_class.__table__  # type: ignore[attr-defined]
+    # Values go as parameters, not .values(), so the compiled INSERT is cached and reused.
     result = connection.execute(
-        sa.insert(table).values(
-            issued_at=datetime.now(timezone.utc),
-            user_id=ctx.user_id,
-            remote_addr=ctx.remote_addr,
-            meta=dict(ctx.meta) or None,
-        )
+        sa.insert(table),
+        {
+            "issued_at": datetime.now(timezone.utc),
+            "user_id": ctx.user_id,
+            "remote_addr": ctx.remote_addr,
+            "meta": dict(ctx.meta) or None,
+        },
     )
     pk = result.inserted_primary_key
     assert pk is not None
