@@ -34,7 +34,7 @@ from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransa
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 
 from .context import current_context
-from .models import VersionInfo
+from .models import TableVersioning, VersionInfo
 from .schema import INFO_KEY, Operation, OperationType
 
 __all__ = ["SESSION_INFO_KEY", "UnitOfWork"]
@@ -44,6 +44,7 @@ SESSION_INFO_KEY = INFO_KEY
 _CHUNK = 1000
 
 Key = tuple[Any, ...]
+Row = dict[str, Any]
 
 
 @dataclass
@@ -52,22 +53,24 @@ class _KeyState:
     has_row: bool  # a version row for this key exists in this transaction
 
 
+Seen = dict[TableVersioning, dict[Key, _KeyState]]
+
+
 @dataclass
 class UnitOfWork:
     """History bookkeeping of one session transaction (kept in ``session.info``)."""
 
     transaction_id: int | None = None
-    seen: dict[VersionInfo, dict[Key, _KeyState]] = field(default_factory=dict)
+    seen: Seen = field(default_factory=dict)
     rows: int = 0  # how many keys currently have a version row in this transaction
-    # Filled by mapper events during a flush, drained by after_flush.
-    pending: dict[VersionInfo, dict[Key, tuple[Operation, dict[str, Any] | None]]] = field(
+    # Filled by mapper events during a flush, drained by after_flush; deleted rows carry
+    # their last values by column key.
+    pending: dict[TableVersioning, dict[Key, tuple[Operation, Row | None]]] = field(
         default_factory=dict
     )
-    # Values of deleted rows whose attributes were not loaded, fetched before the flush.
+    # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
-    savepoints: dict[
-        SessionTransaction, tuple[int | None, dict[VersionInfo, dict[Key, _KeyState]], int]
-    ] = field(default_factory=dict)
+    savepoints: dict[SessionTransaction, tuple[int | None, Seen, int]] = field(default_factory=dict)
 
 
 def _uow(session: Session) -> UnitOfWork:
@@ -81,7 +84,7 @@ def _uow(session: Session) -> UnitOfWork:
 
 
 def record_insert(info: VersionInfo, state: InstanceState[Any]) -> None:
-    """``after_insert``: note the new row."""
+    """``after_insert``: note the new row (in every table of the model)."""
     _note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
 
 
@@ -94,7 +97,7 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
     committed = state.committed_state
     if not committed or not any(
         state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
-        for attr in info.attrs.keys() & committed.keys()
+        for attr in committed.keys() & info.attr_set
     ):
         return
     key = _key_from_dict(info, state)
@@ -123,7 +126,7 @@ def record_delete(info: VersionInfo, state: InstanceState[Any], connection: Conn
         loaded = _uow(session).preloaded.get(info, {}).get(key)
         if loaded is None:
             # Not seen by before_flush (e.g. a delete-orphan found during the flush).
-            loaded = _load_rows(connection, info, [key]).get(key, {})
+            loaded = _load_values(connection, info, [key]).get(key, {})
         values = {**loaded, **values}
     _note(info, state, key, Operation.DELETE, values)
 
@@ -141,7 +144,10 @@ def _note(
 ) -> None:
     session = state.session
     assert session is not None
-    _uow(session).pending.setdefault(info, {})[key] = (op, values)
+    pending = _uow(session).pending
+    for table in info.tables:
+        row = None if values is None else {c: values.get(a) for a, c in table.attrs.items()}
+        pending.setdefault(table, {})[key] = (op, row)
 
 
 # --- session events ---------------------------------------------------------------------------
@@ -164,7 +170,7 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: Any
     uow = _uow(session)
     for info, keys in wanted.items():
         connection = session.connection(bind_arguments={"mapper": info.parent_mapper})
-        uow.preloaded.setdefault(info, {}).update(_load_rows(connection, info, keys))
+        uow.preloaded.setdefault(info, {}).update(_load_values(connection, info, keys))
 
 
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
@@ -174,14 +180,13 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
         return
     pending, uow.pending = uow.pending, {}
     uow.preloaded.clear()
-    for info, changes in pending.items():
-        _write_table(session, uow, info, changes)
+    for table, changes in pending.items():
+        _write_table(session, uow, table, changes)
     if uow.rows == 0 and uow.transaction_id is not None:
         # Everything this transaction did cancelled out: leave no transaction row either.
-        connection = session.connection()
-        transaction_table = _transaction_table(pending)
-        connection.execute(
-            sa.delete(transaction_table).where(transaction_table.c.id == uow.transaction_id)
+        transactions = next(iter(pending)).transaction_table
+        session.connection(bind_arguments={"clause": transactions}).execute(
+            sa.delete(transactions).where(transactions.c.id == uow.transaction_id)
         )
         uow.transaction_id = None
 
@@ -191,8 +196,8 @@ def after_transaction_create(session: Session, transaction: SessionTransaction) 
     if transaction.nested:
         uow = _uow(session)
         seen = {
-            info: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}
-            for info, keys in uow.seen.items()
+            table: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}
+            for table, keys in uow.seen.items()
         }
         uow.savepoints[transaction] = (uow.transaction_id, seen, uow.rows)
 
@@ -223,17 +228,17 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
 def _write_table(
     session: Session,
     uow: UnitOfWork,
-    info: VersionInfo,
-    changes: dict[Key, tuple[Operation, dict[str, Any] | None]],
+    table: TableVersioning,
+    changes: dict[Key, tuple[Operation, Row | None]],
 ) -> None:
-    seen = uow.seen.setdefault(info, {})
+    seen = uow.seen.setdefault(table, {})
     drop: list[Key] = []  # version rows of this transaction to replace or remove
     reopen: list[Key] = []  # keys whose net change vanished: previous version is current again
     close: list[Key] = []  # keys getting their first version row in this transaction
     from_parent: dict[Operation, list[Key]] = {Operation.INSERT: [], Operation.UPDATE: []}
-    deleted: list[dict[str, Any]] = []
+    deleted: list[Row] = []
 
-    for key, (op, values) in changes.items():
+    for key, (op, row) in changes.items():
         ks = seen.get(key)
         if ks is None:
             ks = seen[key] = _KeyState(existed_before=op is not Operation.INSERT, has_row=False)
@@ -251,13 +256,13 @@ def _write_table(
         uow.rows += not ks.has_row
         ks.has_row = True
         if net is Operation.DELETE:
-            assert values is not None
-            deleted.append({info.attrs[a]: v for a, v in values.items() if a in info.attrs})
+            assert row is not None
+            deleted.append(row)
         else:
             from_parent[net].append(key)
 
-    connection = session.connection(bind_arguments={"mapper": info.parent_mapper})
-    stmts = _statements(info)
+    connection = session.connection(bind_arguments={"clause": table.parent_table})
+    stmts = _statements(table)
     if drop:
         _run_keyed(connection, stmts["drop"], drop, {"_tx": uow.transaction_id})
     if reopen:
@@ -265,7 +270,7 @@ def _write_table(
     if not (close or deleted or any(from_parent.values())):
         return
     if uow.transaction_id is None:
-        uow.transaction_id = _insert_transaction(connection, info)
+        uow.transaction_id = _insert_transaction(connection, table.transaction_table)
     tx = uow.transaction_id
     if close:
         _run_keyed(connection, stmts["close"], close, {"_tx": tx})
@@ -276,7 +281,7 @@ def _write_table(
         for row in deleted:
             row["transaction_id"] = tx
             row["operation_type"] = Operation.DELETE
-        connection.execute(sa.insert(info.version_table), deleted)
+        connection.execute(sa.insert(table.version_table), deleted)
 
 
 def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
@@ -285,12 +290,11 @@ def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
     return Operation.INSERT if exists_now else None
 
 
-def _insert_transaction(connection: Connection, info: VersionInfo) -> int:
+def _insert_transaction(connection: Connection, transactions: sa.Table) -> int:
     ctx = current_context()
-    table = info.transaction_class.__table__  # type: ignore[attr-defined]
     # Values go as parameters, not .values(), so the compiled INSERT is cached and reused.
     result = connection.execute(
-        sa.insert(table),
+        sa.insert(transactions),
         {
             "issued_at": datetime.now(timezone.utc),
             "user_id": ctx.user_id,
@@ -303,12 +307,6 @@ def _insert_transaction(connection: Connection, info: VersionInfo) -> int:
     return int(pk[0])
 
 
-def _transaction_table(pending: dict[VersionInfo, Any]) -> sa.Table:
-    info = next(iter(pending))
-    table: sa.Table = info.transaction_class.__table__  # type: ignore[attr-defined]
-    return table
-
-
 def _run_keyed(
     connection: Connection, stmt: sa.Executable, keys: Sequence[Key], params: dict[str, Any]
 ) -> None:
@@ -318,39 +316,41 @@ def _run_keyed(
         connection.execute(stmt, {**params, "_keys": values})
 
 
-def _load_rows(
+def _load_values(
     connection: Connection, info: VersionInfo, keys: Iterable[Key]
 ) -> dict[Key, dict[str, Any]]:
-    """Current values of the tracked columns of ``keys`` in the parent table."""
+    """Current values of ``info``'s tracked attributes for ``keys``, one query per table."""
     keys = list(keys)
     out: dict[Key, dict[str, Any]] = {}
-    stmt = _statements(info)["load"]
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
-        for row in connection.execute(stmt, {"_keys": values}).mappings():
-            attrs = {a: row[c] for a, c in info.attrs.items()}
-            out[tuple(attrs[a] for a in info.pk_attrs)] = attrs
+    for table in info.tables:
+        stmt = _statements(table)["load"]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
+            for row in connection.execute(stmt, {"_keys": values}).mappings():
+                key = tuple(row[c] for c in table.key_columns)
+                out.setdefault(key, {}).update(
+                    {a: row[c] for a, c in table.attrs.items() if a in info.attr_set}
+                )
     return out
 
 
-def _statements(info: VersionInfo) -> dict[str, Any]:
-    """Build (once per model) the statements the hook runs, with bound parameters only."""
-    if info.statements:
-        return info.statements
-    vt = info.version_table
-    pt = info.parent_table
-    col_keys = list(info.attrs.values())
-    pk_keys = [info.attrs[a] for a in info.pk_attrs]
+def _statements(table: TableVersioning) -> dict[str, Any]:
+    """Build (once per table) the statements the hook runs, with bound parameters only."""
+    if table.statements:
+        return table.statements
+    vt = table.version_table
+    pt = table.parent_table
+    col_keys = list(table.attrs.values())
     tx_type = vt.c.transaction_id.type
 
-    def keys_in(table: sa.Table) -> sa.ColumnElement[bool]:
-        cols = [table.c[k] for k in pk_keys]
+    def keys_in(t: sa.Table) -> sa.ColumnElement[bool]:
+        cols = [t.c[k] for k in table.key_columns]
         target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
         return target.in_(sa.bindparam("_keys", expanding=True))
 
     tx = sa.bindparam("_tx", type_=tx_type)
-    info.statements.update(
+    table.statements.update(
         drop=sa.delete(vt).where(keys_in(vt), vt.c.transaction_id == tx),
         reopen=sa.update(vt)
         .where(keys_in(vt), vt.c.end_transaction_id == tx)
@@ -368,4 +368,4 @@ def _statements(info: VersionInfo) -> dict[str, Any]:
         ),
         load=sa.select(*[pt.c[k] for k in col_keys]).where(keys_in(pt)),
     )
-    return info.statements
+    return table.statements

@@ -17,9 +17,16 @@ from sqlalchemy.orm import Mapper, Session
 
 from . import capture
 from .exceptions import ConfigurationError, NotVersionedError, VersioningError
-from .models import Transaction, Version, VersionInfo, map_transaction_class, map_version_class
+from .models import (
+    TableVersioning,
+    Transaction,
+    Version,
+    VersionInfo,
+    map_transaction_class,
+    map_version_class,
+)
 from .options import column_properties, model_options
-from .schema import INFO_KEY, build_transaction_table, build_version_table
+from .schema import INFO_KEY, build_transaction_table, build_version_table, version_column
 
 __all__ = [
     "VersioningManager",
@@ -144,61 +151,81 @@ class VersioningManager:
 
     def _build(self, mapper: Mapper[Any]) -> None:
         model = mapper.class_.__name__
+        base: VersionInfo | None = None
         if mapper.inherits is not None:
-            raise ConfigurationError(
-                f"{model} inherits from {mapper.inherits.class_.__name__}: versioning of mapped "
-                "class hierarchies is not supported yet"
-            )
+            base = mapper.inherits.class_manager.info.get(INFO_KEY)
+            if base is None:
+                raise ConfigurationError(
+                    f"{model} is versioned but inherits from {mapper.inherits.class_.__name__}, "
+                    "which is not; declare __versioned__ on the base class of the hierarchy"
+                )
         options = model_options(mapper)
-        parent_table = mapper.local_table
-        if not isinstance(parent_table, sa.Table):
+        local = mapper.local_table
+        if not isinstance(local, sa.Table):
             raise ConfigurationError(f"{model} is not mapped to a Table; it cannot be versioned")
-        if hasattr(mapper.class_, "versions"):
+        if base is None and hasattr(mapper.class_, "versions"):
             raise ConfigurationError(
                 f"{model} already has an attribute 'versions'; versioning adds that relationship"
             )
-        pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
-        attrs: dict[str, str] = {}
-        for prop in column_properties(mapper):
-            column = prop.columns[0]
-            if prop.key in options.exclude or not isinstance(column, sa.Column):
-                continue
-            if column.table is parent_table:
-                attrs[prop.key] = column.key
-        attrs = {**{a: attrs[a] for a in pk_attrs}, **attrs}
-
         transaction_cls = self._transaction_class
         assert transaction_cls is not None
-        if transaction_cls.__table__.metadata is not parent_table.metadata:  # type: ignore[attr-defined]
+        if transaction_cls.__table__.metadata is not local.metadata:  # type: ignore[attr-defined]
             raise ConfigurationError(
                 f"{model} uses a different MetaData than the models versioned before it; "
                 "all versioned models must share one MetaData"
             )
-        version_name = parent_table.name + "_version"
-        if (
-            parent_table.metadata.tables.get(
-                f"{parent_table.schema}.{version_name}" if parent_table.schema else version_name
-            )
-            is not None
-        ):
-            raise ConfigurationError(
-                f"{model}: table {version_name!r} already exists in its MetaData; "
-                "was the model versioned twice?"
-            )
-        version_table = build_version_table(
-            parent_table,
-            [parent_table.c[c] for c in attrs.values()],
-            transaction_cls.__table__,  # type: ignore[attr-defined]
-        )
+        pk_attrs = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        # attribute key -> column key, per table, for the tracked columns of this model
+        by_table: dict[sa.Table, dict[str, str]] = {}
+        for prop in column_properties(mapper):
+            if prop.key in options.exclude:
+                continue
+            for column in prop.columns:
+                if isinstance(column, sa.Column) and isinstance(column.table, sa.Table):
+                    by_table.setdefault(column.table, {}).setdefault(prop.key, column.key)
+        local_attrs = by_table.get(local, {})
+
+        tables = list(base.tables) if base is not None else []
+        if base is not None and local is base.tables[-1].parent_table:
+            # single-table subclass: its columns live in the base's table, and in its version
+            table = tables[-1]
+            for attr, col in local_attrs.items():
+                if attr not in table.attrs:
+                    table.version_table.append_column(version_column(local.c[col]))
+                    table.attrs[attr] = col
+            table.statements.clear()
+        else:
+            missing = [a for a in pk_attrs if a not in local_attrs]
+            if missing:
+                raise ConfigurationError(
+                    f"{model}: the primary key attribute(s) {', '.join(missing)} are not "
+                    f"columns of its table {local.name!r}; it cannot be versioned"
+                )
+            tables.append(self._table_versioning(model, local, local_attrs, pk_attrs))
+        attrs = (*pk_attrs, *[a for t in tables for a in by_table.get(t.parent_table, {})])
         info = VersionInfo(
             parent=mapper.class_,
             parent_mapper=mapper,
-            parent_table=parent_table,
-            version_table=version_table,
             transaction_class=transaction_cls,
-            attrs=attrs,
+            attrs=tuple(dict.fromkeys(attrs)),
             pk_attrs=pk_attrs,
+            tables=tuple(tables),
+            base=base,
         )
+        discriminator = mapper.polymorphic_on
+        if (
+            base is None
+            and discriminator is not None
+            and not (
+                isinstance(discriminator, sa.Column)
+                and discriminator.table is local
+                and discriminator.key in tables[0].attrs.values()
+            )
+        ):
+            raise ConfigurationError(
+                f"{model}: its polymorphic discriminator must be a versioned column of "
+                f"{local.name!r} (not excluded, not an expression)"
+            )
         version_cls = map_version_class(info, mapper.registry)
         mapper.class_manager.info[INFO_KEY] = info
         sa.inspect(version_cls).class_manager.info[INFO_KEY] = info
@@ -206,6 +233,33 @@ class VersioningManager:
         self._listen(mapper, "after_insert", partial(_after_insert, info))
         self._listen(mapper, "after_update", partial(_after_update, info))
         self._listen(mapper, "before_delete", partial(_before_delete, info))
+
+    def _table_versioning(
+        self, model: str, table: sa.Table, attrs: dict[str, str], pk_attrs: tuple[str, ...]
+    ) -> TableVersioning:
+        version_name = table.name + "_version"
+        if (
+            table.metadata.tables.get(
+                f"{table.schema}.{version_name}" if table.schema else version_name
+            )
+            is not None
+        ):
+            raise ConfigurationError(
+                f"{model}: table {version_name!r} already exists in its MetaData; "
+                "was the model versioned twice?"
+            )
+        ordered = {**{a: attrs[a] for a in pk_attrs}, **attrs}
+        transactions: sa.Table = self._transaction_class.__table__  # type: ignore[union-attr]
+        version_table = build_version_table(
+            table, [table.c[c] for c in ordered.values()], transactions
+        )
+        return TableVersioning(
+            parent_table=table,
+            version_table=version_table,
+            transaction_table=transactions,
+            attrs=ordered,
+            key_columns=tuple(ordered[a] for a in pk_attrs),
+        )
 
     def _build_transaction_class(
         self, mapper: Mapper[Any], user_cls: type[Any] | None

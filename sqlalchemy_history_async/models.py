@@ -1,8 +1,8 @@
 """Version and transaction classes: their shared base classes and how they are mapped.
 
-Version classes are built at configure time, one per versioned model, and mapped imperatively
-on the model's own registry. Everything they expose is either loaded by SQL the caller can
-eager-load (``previous``, ``next``, ``transaction`` relationships, the deferred ``index``
+Version classes are built when a versioned model is defined, one per model, and mapped
+imperatively on the model's own registry. Everything they expose is either loaded by SQL the
+caller can eager-load (``previous``, ``next``, ``transaction`` relationships, the deferred ``index``
 column) or computed from loaded state (``changeset``), so code running under ``AsyncSession``
 either eager-loads or awaits ``version.awaitable_attrs.<name>`` — no hidden I/O in properties.
 """
@@ -21,28 +21,67 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .schema import Operation
 
-__all__ = ["Transaction", "Version", "VersionInfo", "map_transaction_class", "map_version_class"]
+__all__ = [
+    "TableVersioning",
+    "Transaction",
+    "Version",
+    "VersionInfo",
+    "map_transaction_class",
+    "map_version_class",
+]
+
+
+@dataclass(eq=False)
+class TableVersioning:
+    """One table of a versioned model and the version table that records it."""
+
+    parent_table: sa.Table
+    version_table: sa.Table
+    transaction_table: sa.Table
+    #: attribute key → column key in ``parent_table`` (and ``version_table``), key first
+    attrs: dict[str, str]
+    #: column keys of this table's part of the row key, in the model's primary key order
+    key_columns: tuple[str, ...]
+    #: compiled-once statements used by the flush hook (see capture.py)
+    statements: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
 class VersionInfo:
     """What the library knows about one versioned model.
 
-    Stored in the ``ClassManager.info`` of both the model and its version class.
+    Stored in the ``ClassManager.info`` of both the model and its version class. A model of a
+    joined-table hierarchy has one :class:`TableVersioning` per table, base table first; a
+    single-table subclass shares its base's.
     """
 
     parent: type[Any]
     parent_mapper: Mapper[Any]
-    parent_table: sa.Table
-    version_table: sa.Table
     transaction_class: type[Transaction]
-    #: attribute key → column key, for every tracked (copied) column, primary key first
-    attrs: dict[str, str]
+    #: tracked attribute keys of the model, primary key first
+    attrs: tuple[str, ...]
     #: attribute keys of the primary key, in the mapper's primary key order
     pk_attrs: tuple[str, ...]
+    tables: tuple[TableVersioning, ...]
+    #: the versioned base class's info (``None`` for the base itself)
+    base: VersionInfo | None = None
     version_class: type[Version] = field(init=False)
-    #: compiled-once statements used by the flush hook (see capture.py)
-    statements: dict[str, Any] = field(default_factory=dict)
+    attr_set: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.attr_set = frozenset(self.attrs)
+
+    @property
+    def root(self) -> VersionInfo:
+        """The info of the topmost versioned class of the hierarchy."""
+        return self if self.base is None else self.base.root
+
+    def column(self, attr: str) -> sa.Column[Any]:
+        """The version-table column recording ``attr``."""
+        for table in reversed(self.tables):
+            if attr in table.attrs:
+                return table.version_table.c[table.attrs[attr]]
+        raise KeyError(attr)
 
 
 class Transaction(AsyncAttrs):
@@ -93,7 +132,7 @@ class Version(AsyncAttrs):
     @is_current.inplace.expression
     @classmethod
     def _is_current_expression(cls) -> ColumnElement[bool]:
-        return cls.__table__.c.end_transaction_id.is_(None)  # type: ignore[attr-defined,no-any-return]
+        return cls.end_transaction_id.is_(None)
 
     @property
     def changeset(self) -> dict[str, list[Any]]:
@@ -153,30 +192,97 @@ def map_transaction_class(
 def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Version]:
     """Create the version class of ``info.parent`` and map it on ``registry``.
 
-    Adds ``previous``/``next`` (validity chain: ``previous.end_transaction_id ==
-    self.transaction_id`` for the same key), ``transaction``, the deferred ``index`` column and
-    the parent's write-only ``versions`` relationship.
+    The version classes mirror the model's hierarchy: a subclass's version class subclasses its
+    base's, mapped to its own version table (joined-table) or to the base's (single-table), and
+    version queries load polymorphically. The base version class gets ``previous``/``next``
+    (validity chain: ``previous.end_transaction_id == self.transaction_id`` for the same key),
+    ``transaction`` and the deferred ``index``; the base model gets its write-only
+    ``versions`` relationship.
     """
     parent = info.parent
-    vt = info.version_table
-    name = f"{parent.__name__}Version"
-    cls = type(name, (Version,), {"__module__": parent.__module__, "__history_info__": info})
-    pk_cols = [vt.c[info.attrs[a]] for a in info.pk_attrs]
+    base_cls: type[Version] = Version if info.base is None else info.base.version_class
+    cls = type(
+        f"{parent.__name__}Version",
+        (base_cls,),
+        {"__module__": parent.__module__, "__history_info__": info},
+    )
+    mapper = info.parent_mapper
+    identity = {"polymorphic_identity": mapper.polymorphic_identity}
+    if info.base is None:
+        if mapper.polymorphic_on is not None:
+            identity["polymorphic_on"] = info.column(_discriminator(mapper))
+        registry.map_imperatively(
+            cls, info.tables[0].version_table, properties=_root_properties(info, cls), **identity
+        )
+        _add_versions_relationship(info, cls)
+    elif info.tables[-1] is info.base.tables[-1]:  # single-table subclass
+        known = set(info.base.attrs)
+        registry.map_imperatively(
+            cls,
+            None,
+            inherits=base_cls,
+            polymorphic_load="inline",
+            properties={a: info.column(a) for a in info.attrs if a not in known},
+            **identity,
+        )
+    else:  # joined-table subclass: its own version table, joined on key + transaction
+        table, above = info.tables[-1], info.base.tables[-1]
+        vt, base_vt = table.version_table, above.version_table
+        shared = {
+            attr: [vt.c[col], info.base.column(attr)]
+            for attr, col in table.attrs.items()
+            if attr in info.base.attrs
+        }
+        shared.update(
+            {c: [vt.c[c], base_vt.c[c]] for c in ("transaction_id", "end_transaction_id")},
+            operation_type=[vt.c.operation_type, base_vt.c.operation_type],
+        )
+        own = {a: vt.c[c] for a, c in table.attrs.items() if a not in info.base.attrs}
+        registry.map_imperatively(
+            cls,
+            vt,
+            inherits=base_cls,
+            inherit_condition=sa.and_(
+                *[
+                    vt.c[own_col] == base_vt.c[base_col]
+                    for own_col, base_col in zip(table.key_columns, above.key_columns, strict=True)
+                ],
+                vt.c.transaction_id == base_vt.c.transaction_id,
+            ),
+            polymorphic_load="selectin",
+            properties={**shared, **own},
+            **identity,
+        )
+    info.version_class = cls
+    return cls
 
-    same_key = [remote(c) == foreign(c) for c in pk_cols]
+
+def _discriminator(mapper: Mapper[Any]) -> str:
+    column = mapper.polymorphic_on
+    for prop in mapper.iterate_properties:
+        if isinstance(prop, sa.orm.ColumnProperty) and column in prop.columns:
+            return prop.key
+    raise KeyError(str(column))
+
+
+def _root_properties(info: VersionInfo, cls: type[Version]) -> dict[str, Any]:
+    table = info.tables[0]
+    vt = table.version_table
+    key = [vt.c[c] for c in table.key_columns]
+    same_key = [remote(c) == foreign(c) for c in key]
     older = vt.alias(f"{vt.name}_older")
     index_expr = (
         sa.select(sa.func.count())
         .select_from(older)
         .where(
-            *[older.c[c.key] == c for c in pk_cols],
+            *[older.c[c.key] == c for c in key],
             older.c.transaction_id < vt.c.transaction_id,
         )
         .correlate_except(older)
         .scalar_subquery()
     )
     properties: dict[str, Any] = {
-        attr: vt.c[col] for attr, col in info.attrs.items() if attr != col
+        attr: vt.c[col] for attr, col in table.attrs.items() if attr != col
     }
     properties.update(
         previous=relationship(
@@ -200,20 +306,20 @@ def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Vers
         transaction=relationship(info.transaction_class, viewonly=True, lazy="select"),
         index=sa.orm.column_property(index_expr, deferred=True),
     )
-    registry.map_imperatively(cls, vt, properties=properties)
-    info.version_class = cls
+    return properties
 
-    parent_pk = [info.parent_table.c[info.attrs[a]] for a in info.pk_attrs]
+
+def _add_versions_relationship(info: VersionInfo, cls: type[Version]) -> None:
+    table = info.tables[0]
+    vt = table.version_table
+    pairs = [table.parent_table.c[c] == foreign(vt.c[c]) for c in table.key_columns]
     info.parent_mapper.add_property(
         "versions",
         relationship(
             cls,
-            primaryjoin=sa.and_(
-                *[p == foreign(v) for p, v in zip(parent_pk, pk_cols, strict=True)]
-            ),
+            primaryjoin=sa.and_(*pairs),
             order_by=vt.c.transaction_id,
             lazy="write_only",
             viewonly=True,
         ),
     )
-    return cls

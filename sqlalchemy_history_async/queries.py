@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -130,20 +130,18 @@ def select_changed(model: type[Any], *attrs: str) -> sa.Select[Any]:
     info = _model_info(model)
     if not attrs:
         raise VersioningError("select_changed() needs at least one attribute name")
-    unknown = [a for a in attrs if a not in info.attrs]
+    unknown = [a for a in attrs if a not in info.attr_set]
     if unknown:
         raise VersioningError(
             f"{model.__name__} has no versioned attribute(s) {', '.join(map(repr, unknown))}"
         )
-    vt = info.version_table
-    previous = vt.alias("previous_version")
-    same_row = [previous.c[info.attrs[a]] == vt.c[info.attrs[a]] for a in info.pk_attrs]
-    changed = [vt.c[info.attrs[a]].is_distinct_from(previous.c[info.attrs[a]]) for a in attrs]
+    V: Any = info.version_class
+    previous: Any = aliased(V, name="previous_version")
+    same_row = [getattr(previous, a) == getattr(V, a) for a in info.pk_attrs]
+    changed = [getattr(V, a).is_distinct_from(getattr(previous, a)) for a in attrs]
     return (
-        sa.select(info.version_class)
-        .outerjoin(
-            previous, sa.and_(*same_row, previous.c.end_transaction_id == vt.c.transaction_id)
-        )
+        sa.select(V)
+        .outerjoin(previous, sa.and_(*same_row, previous.end_transaction_id == V.transaction_id))
         .where(sa.or_(*changed))
     )
 
@@ -185,7 +183,8 @@ def changes_in_sync(session: Session, transaction: int | Transaction) -> list[Ve
     """
     tx_id = transaction.id if isinstance(transaction, Transaction) else transaction
     out: list[Version] = []
-    for info in _infos(None):
+    # Version queries load polymorphically, so each hierarchy is read through its base class.
+    for info in dict.fromkeys(info.root for info in _infos(None)):
         V = info.version_class
         pk = [getattr(V, a) for a in info.pk_attrs]
         out.extend(session.scalars(sa.select(V).where(V.transaction_id == tx_id).order_by(*pk)))
@@ -245,9 +244,11 @@ def select_changes(
 ) -> sa.Select[Any]:
     """The unified change feed over all version tables (one ``UNION ALL``).
 
-    Rows have ``table`` (the model's table name), ``primary_key`` (a dict by attribute name),
-    ``operation``, ``transaction_id``, ``issued_at``, ``user_id``, ``meta`` and ``key_text``
-    (the key as JSON text, which orders the rows of one transaction and table), ordered by
+    ``classes`` selects the version tables read (a model of a joined-table hierarchy has one
+    per table). Rows have ``table`` (the model's table name), ``primary_key`` (a dict by
+    attribute name), ``operation``, ``transaction_id``, ``issued_at``, ``user_id``, ``meta``
+    and ``key_text`` (the key as JSON text, which orders the rows of one transaction and
+    table), ordered by
     ``(transaction_id, table, key_text)``. ``since``/``until`` are inclusive.
     """
     infos = _infos(classes)
@@ -255,16 +256,17 @@ def select_changes(
     ops = None if operations is None else [Operation(o) for o in operations]
     lower = None if since is None else _as_transaction_id(since, transactions, upper=False)
     upper = None if until is None else _as_transaction_id(until, transactions, upper=True)
+    tables = dict.fromkeys(table for info in infos for table in info.tables)
     branches = []
-    for info in infos:
-        vt = info.version_table
+    for table in sorted(tables, key=lambda t: t.parent_table.name):
+        vt = table.version_table
+        attr_of = {col: attr for attr, col in table.attrs.items()}
         pairs: list[sa.ColumnElement[Any]] = []
-        for attr in info.pk_attrs:
-            pairs += [sa.literal_column(_sql_string(attr)), vt.c[info.attrs[attr]]]
-        key = _json_object(*pairs)
+        for col in table.key_columns:
+            pairs += [sa.literal_column(_sql_string(attr_of[col])), vt.c[col]]
         branch = sa.select(
-            sa.literal_column(_sql_string(info.parent_table.name), sa.String).label("table"),
-            key.label("key_text"),
+            sa.literal_column(_sql_string(table.parent_table.name), sa.String).label("table"),
+            _json_object(*pairs).label("key_text"),
             vt.c.operation_type.label("operation"),
             vt.c.transaction_id.label("transaction_id"),
         )
@@ -361,7 +363,7 @@ def _model_info(model: type[Any]) -> VersionInfo:
 def _infos(classes: Iterable[type[Any]] | None) -> Sequence[VersionInfo]:
     if classes is None:
         classes = default_manager().versioned_classes
-    infos = sorted((_model_info(c) for c in classes), key=lambda i: i.parent_table.name)
+    infos = sorted((_model_info(c) for c in classes), key=lambda i: i.tables[0].parent_table.name)
     if not infos:
         raise VersioningError("no versioned classes to read changes from")
     return infos

@@ -21,6 +21,7 @@ __all__ = [
     "OperationType",
     "build_transaction_table",
     "build_version_table",
+    "version_column",
 ]
 
 TRANSACTION_TABLE_NAME = "transaction"
@@ -134,19 +135,7 @@ def build_version_table(
     and computed clauses. Non-key columns become nullable so later schema changes to the parent
     never invalidate old history. The primary key is the parent's plus ``transaction_id``.
     """
-    copies: list[sa.Column[Any]] = []
-    for col in columns:
-        copies.append(
-            sa.Column(
-                col.name,
-                _copy_type(col.type),
-                key=col.key,
-                primary_key=col.primary_key,
-                nullable=not col.primary_key,
-                autoincrement=False,
-                comment=col.comment,
-            )
-        )
+    copies = [version_column(col) for col in columns]
     tx_id = transaction_table.c.id
     name = parent.name + VERSION_TABLE_SUFFIX
     table = sa.Table(
@@ -182,6 +171,19 @@ def build_version_table(
 
 
 _PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
+
+
+def version_column(col: sa.Column[Any]) -> sa.Column[Any]:
+    """The version-table copy of a parent column: same name, key and type, nothing else."""
+    return sa.Column(
+        col.name,
+        _copy_type(col.type),
+        key=col.key,
+        primary_key=col.primary_key,
+        nullable=not col.primary_key,
+        autoincrement=False,
+        comment=col.comment,
+    )
 
 
 def _index_name(table: str, suffix: str, limit: int = 63) -> str:
