@@ -97,7 +97,7 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
     committed = state.committed_state
     if not committed or not any(
         state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
-        for attr in committed.keys() & info.attr_set
+        for attr in committed.keys() & info.watched
     ):
         return
     key = _key_from_dict(info, state)

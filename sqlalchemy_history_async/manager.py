@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Mapper, RelationshipProperty, Session
 
 from . import capture
 from .exceptions import ConfigurationError, NotVersionedError, VersioningError
@@ -26,6 +26,7 @@ from .models import (
     map_version_class,
 )
 from .options import column_properties, model_options
+from .relationships import add_temporal_relationships
 from .schema import INFO_KEY, build_transaction_table, build_version_table, version_column
 
 __all__ = [
@@ -76,6 +77,7 @@ class VersioningManager:
         self._failed = False
         self._building = False
         self._infos: list[VersionInfo] = []
+        self._unrelated: list[VersionInfo] = []  # temporal relationships not added yet
         self._transaction_class: type[Transaction] | None = None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
 
@@ -93,6 +95,7 @@ class VersioningManager:
         """Install the configure-time and flush-time listeners."""
         self._listen(Mapper, "after_mapper_constructed", self._mapper_constructed)
         self._listen(Mapper, "before_configured", self._before_configured)
+        self._listen(Mapper, "after_configured", self._after_configured)
         self._listen(Session, "before_flush", capture.before_flush)
         self._listen(Session, "after_flush", capture.after_flush)
         self._listen(Session, "after_transaction_create", capture.after_transaction_create)
@@ -128,6 +131,11 @@ class VersioningManager:
 
     def _before_configured(self) -> None:
         self._build_waiting(final=True)
+
+    def _after_configured(self) -> None:
+        # The models' relationships are resolved only now.
+        while self._unrelated:
+            add_temporal_relationships(self._unrelated.pop(0))
 
     def _build_waiting(self, *, final: bool) -> None:
         # A model that fails to build stays first in line, so configuring keeps failing with
@@ -211,6 +219,11 @@ class VersioningManager:
             pk_attrs=pk_attrs,
             tables=tuple(tables),
             base=base,
+            tracked_relationships=tuple(
+                p.key for p in mapper.iterate_properties if isinstance(p, RelationshipProperty)
+            )
+            if options.track_relationships
+            else (),
         )
         discriminator = mapper.polymorphic_on
         if (
@@ -230,6 +243,7 @@ class VersioningManager:
         mapper.class_manager.info[INFO_KEY] = info
         sa.inspect(version_cls).class_manager.info[INFO_KEY] = info
         self._infos.append(info)
+        self._unrelated.append(info)
         self._listen(mapper, "after_insert", partial(_after_insert, info))
         self._listen(mapper, "after_update", partial(_after_update, info))
         self._listen(mapper, "before_delete", partial(_before_delete, info))

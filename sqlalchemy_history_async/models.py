@@ -65,11 +65,16 @@ class VersionInfo:
     tables: tuple[TableVersioning, ...]
     #: the versioned base class's info (``None`` for the base itself)
     base: VersionInfo | None = None
+    #: relationships whose changes alone record a version (``track_relationships``)
+    tracked_relationships: tuple[str, ...] = ()
     version_class: type[Version] = field(init=False)
     attr_set: frozenset[str] = field(init=False)
+    #: attributes whose change records a version: tracked columns and tracked relationships
+    watched: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.attr_set = frozenset(self.attrs)
+        self.watched = self.attr_set | frozenset(self.tracked_relationships)
 
     @property
     def root(self) -> VersionInfo:

@@ -18,7 +18,7 @@ from .exceptions import ConfigurationError
 __all__ = ["MODEL_OPTION_KEYS", "ModelOptions", "column_properties", "model_options"]
 
 #: The keys accepted in a model's ``__versioned__`` dictionary.
-MODEL_OPTION_KEYS = frozenset({"exclude"})
+MODEL_OPTION_KEYS = frozenset({"exclude", "track_relationships"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ class ModelOptions:
     """
 
     exclude: frozenset[str] = frozenset()
+    #: ``track_relationships``: a change to the model's relationships alone (a child added
+    #: to or removed from a collection, a many-to-one target replaced) records a new version
+    #: of the model, so its temporal relationships show every state they had. Costs one
+    #: version row of the model per such change.
+    track_relationships: bool = False
 
 
 def model_options(mapper: Mapper[Any]) -> ModelOptions:
@@ -59,7 +64,12 @@ def model_options(mapper: Mapper[Any]) -> ModelOptions:
     resolved: set[str] = set()
     for name in exclude:
         resolved.add(_resolve_column_attribute(mapper, name))
-    return ModelOptions(exclude=frozenset(resolved))
+    track = raw.get("track_relationships", False)
+    if not isinstance(track, bool):
+        raise ConfigurationError(
+            f"{model}.__versioned__['track_relationships'] must be True or False, got {track!r}"
+        )
+    return ModelOptions(exclude=frozenset(resolved), track_relationships=track)
 
 
 def column_properties(mapper: Mapper[Any]) -> list[ColumnProperty[Any]]:
