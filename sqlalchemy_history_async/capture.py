@@ -34,8 +34,8 @@ from sqlalchemy.orm import InstanceState, Session, SessionTransaction, UOWTransa
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 
 from .context import current_context
-from .models import TableVersioning, VersionInfo
-from .schema import INFO_KEY, Operation, OperationType
+from .models import LinkVersioning, TableVersioning, VersionInfo
+from .schema import INFO_KEY, Operation, OperationType, copy_late_types
 
 __all__ = ["SESSION_INFO_KEY", "UnitOfWork"]
 
@@ -68,6 +68,11 @@ class UnitOfWork:
     pending: dict[TableVersioning, dict[Key, tuple[Operation, Row | None]]] = field(
         default_factory=dict
     )
+    # Many-to-many link changes seen by mapper events; resolved to keys once the flush has
+    # assigned every primary key.
+    links: list[tuple[LinkVersioning, InstanceState[Any], list[Any], list[Any]]] = field(
+        default_factory=list
+    )
     # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
     savepoints: dict[SessionTransaction, tuple[int | None, Seen, int]] = field(default_factory=dict)
@@ -86,6 +91,7 @@ def _uow(session: Session) -> UnitOfWork:
 def record_insert(info: VersionInfo, state: InstanceState[Any]) -> None:
     """``after_insert``: note the new row (in every table of the model)."""
     _note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
+    _note_links(info, state, deleting=False)
 
 
 def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
@@ -94,6 +100,7 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
     A changed primary key is recorded as what it is for history: the old key's row is gone
     (DELETE, with its last values) and a row with the new key appeared (INSERT).
     """
+    _note_links(info, state, deleting=False)
     committed = state.committed_state
     if not committed or not any(
         state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
@@ -129,6 +136,19 @@ def record_delete(info: VersionInfo, state: InstanceState[Any], connection: Conn
             loaded = _load_values(connection, info, [key]).get(key, {})
         values = {**loaded, **values}
     _note(info, state, key, Operation.DELETE, values)
+    _note_links(info, state, deleting=True)
+
+
+def _note_links(info: VersionInfo, state: InstanceState[Any], *, deleting: bool) -> None:
+    """Remember links added to / removed from ``state``'s many-to-many collections."""
+    for link in info.links:
+        history = state.get_history(link.key, PASSIVE_NO_INITIALIZE)
+        removed = [*history.deleted, *history.unchanged] if deleting else list(history.deleted)
+        added = [] if deleting else list(history.added)
+        if added or removed:
+            session = state.session
+            assert session is not None
+            _uow(session).links.append((link, state, added, removed))
 
 
 def _key_from_dict(info: VersionInfo, state: InstanceState[Any]) -> Key:
@@ -176,8 +196,10 @@ def before_flush(session: Session, flush_context: UOWTransaction, instances: Any
 def after_flush(session: Session, flush_context: UOWTransaction) -> None:
     """Write the history of this flush: a few set-based statements per version table."""
     uow: UnitOfWork | None = session.info.get(SESSION_INFO_KEY)
-    if uow is None or not uow.pending:
+    if uow is None or not (uow.pending or uow.links):
         return
+    if uow.links:
+        _resolve_links(uow)
     pending, uow.pending = uow.pending, {}
     uow.preloaded.clear()
     for table, changes in pending.items():
@@ -189,6 +211,28 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
             sa.delete(transactions).where(transactions.c.id == uow.transaction_id)
         )
         uow.transaction_id = None
+
+
+def _resolve_links(uow: UnitOfWork) -> None:
+    """Turn remembered link changes into keyed changes of the association version tables."""
+    for link, state, added, removed in uow.links:
+        table = link.table
+        pending = uow.pending.setdefault(table, {})
+        local = {col: _value(state, attr) for col, attr in link.local_attrs.items()}
+        for op, targets in ((Operation.DELETE, removed), (Operation.INSERT, added)):
+            for target in targets:
+                target_state: InstanceState[Any] = sa.inspect(target)
+                values = {
+                    **local,
+                    **{col: _value(target_state, a) for col, a in link.remote_attrs.items()},
+                }
+                key = tuple(values[c] for c in table.key_columns)
+                pending[key] = (op, None if op is Operation.INSERT else values)
+    uow.links.clear()
+
+
+def _value(state: InstanceState[Any], attr: str) -> Any:
+    return state.dict[attr] if attr in state.dict else getattr(state.obj(), attr)
 
 
 def after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
@@ -208,6 +252,7 @@ def after_soft_rollback(session: Session, previous_transaction: SessionTransacti
     if uow is None:
         return
     uow.pending.clear()
+    uow.links.clear()
     uow.preloaded.clear()
     snapshot = uow.savepoints.pop(previous_transaction, None)
     if previous_transaction.nested and snapshot is not None:
@@ -341,6 +386,7 @@ def _statements(table: TableVersioning) -> dict[str, Any]:
         return table.statements
     vt = table.version_table
     pt = table.parent_table
+    copy_late_types(pt, vt)
     col_keys = list(table.attrs.values())
     tx_type = vt.c.transaction_id.type
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Mapper, RelationshipProperty, Session
 from . import capture
 from .exceptions import ConfigurationError, NotVersionedError, VersioningError
 from .models import (
+    LinkVersioning,
     TableVersioning,
     Transaction,
     Version,
@@ -78,6 +79,7 @@ class VersioningManager:
         self._building = False
         self._infos: list[VersionInfo] = []
         self._unrelated: list[VersionInfo] = []  # temporal relationships not added yet
+        self._associations: dict[sa.Table, TableVersioning] = {}
         self._transaction_class: type[Transaction] | None = None
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
 
@@ -135,7 +137,45 @@ class VersioningManager:
     def _after_configured(self) -> None:
         # The models' relationships are resolved only now.
         while self._unrelated:
-            add_temporal_relationships(self._unrelated.pop(0))
+            info = self._unrelated.pop(0)
+            self._link_many_to_many(info)
+            add_temporal_relationships(info)
+
+    def _association(self, model: str, table: sa.Table) -> TableVersioning | None:
+        """The versioning of a many-to-many association table (built once per table)."""
+        if table in self._associations:
+            return self._associations[table]
+        if self._transaction_class is None or table.metadata is not (
+            self._transaction_class.__table__.metadata  # type: ignore[attr-defined]
+        ):
+            return None
+        # A link is identified by its foreign keys: association tables often have no
+        # primary key, and a surrogate one would not tell a re-added link from a new one.
+        key = [c.key for c in table.c if c.foreign_keys]
+        if not key:
+            return None
+        attrs = {c.key: c.key for c in table.c}
+        versioning = self._table_versioning(model, table, attrs, tuple(key), key_override=True)
+        self._associations[table] = versioning
+        return versioning
+
+    def _link_many_to_many(self, info: VersionInfo) -> None:
+        for rel in info.parent_mapper.relationships:
+            if rel.parent is not info.parent_mapper or not isinstance(rel.secondary, sa.Table):
+                continue
+            table = self._association(info.parent.__name__, rel.secondary)
+            if table is None:
+                continue
+            local = {
+                str(assoc.key): info.parent_mapper.get_property_by_column(col).key
+                for col, assoc in rel.synchronize_pairs
+            }
+            remote = {
+                str(assoc.key): rel.mapper.get_property_by_column(col).key
+                for col, assoc in rel.secondary_synchronize_pairs or ()
+            }
+            if set(local) | set(remote) == set(table.key_columns):
+                info.links.append(LinkVersioning(rel.key, table, local, remote))
 
     def _build_waiting(self, *, final: bool) -> None:
         # A model that fails to build stays first in line, so configuring keeps failing with
@@ -244,12 +284,26 @@ class VersioningManager:
         sa.inspect(version_cls).class_manager.info[INFO_KEY] = info
         self._infos.append(info)
         self._unrelated.append(info)
+        # Association tables named now are in the MetaData before anything creates it.
+        for prop in mapper.iterate_properties:
+            if isinstance(prop, RelationshipProperty) and prop.parent is mapper:
+                secondary = _declared_secondary(prop)
+                if isinstance(secondary, str):
+                    secondary = local.metadata.tables.get(secondary)
+                if isinstance(secondary, sa.Table):
+                    self._association(model, secondary)
         self._listen(mapper, "after_insert", partial(_after_insert, info))
         self._listen(mapper, "after_update", partial(_after_update, info))
         self._listen(mapper, "before_delete", partial(_before_delete, info))
 
     def _table_versioning(
-        self, model: str, table: sa.Table, attrs: dict[str, str], pk_attrs: tuple[str, ...]
+        self,
+        model: str,
+        table: sa.Table,
+        attrs: dict[str, str],
+        pk_attrs: tuple[str, ...],
+        *,
+        key_override: bool = False,
     ) -> TableVersioning:
         version_name = table.name + "_version"
         if (
@@ -264,15 +318,19 @@ class VersioningManager:
             )
         ordered = {**{a: attrs[a] for a in pk_attrs}, **attrs}
         transactions: sa.Table = self._transaction_class.__table__  # type: ignore[union-attr]
+        key_columns = tuple(ordered[a] for a in pk_attrs)
         version_table = build_version_table(
-            table, [table.c[c] for c in ordered.values()], transactions
+            table,
+            [table.c[c] for c in ordered.values()],
+            transactions,
+            key=key_columns if key_override else None,
         )
         return TableVersioning(
             parent_table=table,
             version_table=version_table,
             transaction_table=transactions,
             attrs=ordered,
-            key_columns=tuple(ordered[a] for a in pk_attrs),
+            key_columns=key_columns,
         )
 
     def _build_transaction_class(
@@ -319,6 +377,16 @@ class VersioningManager:
 
 
 _NOT_YET = object()
+
+
+def _declared_secondary(prop: RelationshipProperty[Any]) -> Any:
+    """A relationship's ``secondary`` argument as declared (before mappers configure).
+
+    Read where SQLAlchemy 2.0/2.1 keep it; anything unexpected counts as "not known yet", and
+    the association table is then versioned when mappers configure.
+    """
+    argument = getattr(getattr(prop, "_init_args", None), "secondary", None)
+    return getattr(argument, "argument", None)
 
 
 def _after_insert(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:

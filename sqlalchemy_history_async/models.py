@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .schema import Operation
 
 __all__ = [
+    "LinkVersioning",
     "TableVersioning",
     "Transaction",
     "Version",
@@ -47,6 +48,19 @@ class TableVersioning:
 
 
 @dataclass(eq=False)
+class LinkVersioning:
+    """A many-to-many relationship of a versioned model and its versioned association table."""
+
+    #: the relationship's key on the model
+    key: str
+    table: TableVersioning
+    #: association column key → attribute key on the model (the model's side of a link)
+    local_attrs: dict[str, str]
+    #: association column key → attribute key on the related class
+    remote_attrs: dict[str, str]
+
+
+@dataclass(eq=False)
 class VersionInfo:
     """What the library knows about one versioned model.
 
@@ -67,6 +81,8 @@ class VersionInfo:
     base: VersionInfo | None = None
     #: relationships whose changes alone record a version (``track_relationships``)
     tracked_relationships: tuple[str, ...] = ()
+    #: many-to-many relationships whose links are versioned (set once mappers configure)
+    links: list[LinkVersioning] = field(default_factory=list)
     version_class: type[Version] = field(init=False)
     attr_set: frozenset[str] = field(init=False)
     #: attributes whose change records a version: tracked columns and tracked relationships

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, foreign, relationship, remote
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
-from .models import Version, VersionInfo
+from .models import LinkVersioning, Version, VersionInfo
 from .schema import INFO_KEY, Operation
 
 __all__ = ["add_temporal_relationships"]
@@ -41,9 +41,12 @@ def add_temporal_relationships(info: VersionInfo) -> None:
 
 
 def _temporal_twin(info: VersionInfo, rel: RelationshipProperty[Any]) -> Any:
-    if rel.secondary is not None or rel.direction not in (MANYTOONE, ONETOMANY):
-        return None  # many-to-many: not yet
     target: VersionInfo | None = rel.mapper.class_manager.info.get(INFO_KEY)
+    if rel.secondary is not None:
+        link = next((link for link in info.links if link.key == rel.key), None)
+        return None if link is None else _many_to_many_twin(info, link, rel, target)
+    if rel.direction not in (MANYTOONE, ONETOMANY):
+        return None
     pairs = rel.local_remote_pairs or ()
     local_cols = _version_columns(info, rel.parent, [lc for lc, _ in pairs])
     if local_cols is None:
@@ -79,6 +82,78 @@ def _temporal_twin(info: VersionInfo, rel: RelationshipProperty[Any]) -> Any:
         target_cls,
         primaryjoin=sa.and_(*criteria),
         uselist=rel.uselist,
+        viewonly=True,
+        lazy="select",
+    )
+
+
+def _valid_at(table: Any, tx: Any) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        table.c.transaction_id <= tx,
+        sa.or_(table.c.end_transaction_id.is_(None), table.c.end_transaction_id > tx),
+        table.c.operation_type != Operation.DELETE,
+    )
+
+
+def _many_to_many_twin(
+    info: VersionInfo,
+    link: LinkVersioning,
+    rel: RelationshipProperty[Any],
+    target: VersionInfo | None,
+) -> Any:
+    """Links in force at the version's transaction, joined to the targets in force then.
+
+    The secondary is "links at each version of this model": association versions paired with
+    the owning version's transaction id, so both joins are plain equalities on it and the
+    relationship lazy-loads and selectin-loads like any other.
+    """
+    owner_cols = [info.column(a) for a in link.local_attrs.values()]
+    owner_table = owner_cols[0].table
+    if any(c.table is not owner_table for c in owner_cols):
+        return None
+    assoc = link.table.version_table
+    owner = owner_table.alias(f"{owner_table.name}_owner")
+    links_at = (
+        sa.select(
+            *[assoc.c[c] for c in link.table.key_columns],
+            owner.c.transaction_id.label("at_transaction_id"),
+        )
+        .join(
+            owner,
+            sa.and_(
+                *[
+                    owner.c[info.column(a).key] == assoc.c[col]
+                    for col, a in link.local_attrs.items()
+                ],
+                _valid_at(assoc, owner.c.transaction_id),
+            ),
+        )
+        .subquery(f"{assoc.name}_at")
+    )
+    at = links_at.c.at_transaction_id
+    primaryjoin = sa.and_(
+        *[info.column(a) == links_at.c[col] for col, a in link.local_attrs.items()],
+        owner_table.c.transaction_id == at,
+    )
+    if target is None:
+        target_cls: Any = rel.mapper.class_
+        secondaryjoin = sa.and_(
+            *[
+                rel.mapper.get_property(a).columns[0] == links_at.c[col]
+                for col, a in link.remote_attrs.items()
+            ]
+        )
+    else:
+        target_cls = target.version_class
+        secondaryjoin = sa.and_(
+            *[target.column(a) == links_at.c[col] for col, a in link.remote_attrs.items()],
+            _valid_at(target.tables[0].version_table, at),
+        )
+    return relationship(
+        target_cls,
+        secondary=links_at,
+        primaryjoin=primaryjoin,
+        secondaryjoin=secondaryjoin,
         viewonly=True,
         lazy="select",
     )

@@ -21,6 +21,7 @@ __all__ = [
     "OperationType",
     "build_transaction_table",
     "build_version_table",
+    "copy_late_types",
     "version_column",
 ]
 
@@ -126,16 +127,24 @@ def _jsonb() -> sa.types.TypeEngine[Any]:
 
 
 def build_version_table(
-    parent: sa.Table, columns: Iterable[sa.Column[Any]], transaction_table: sa.Table
+    parent: sa.Table,
+    columns: Iterable[sa.Column[Any]],
+    transaction_table: sa.Table,
+    key: Iterable[str] | None = None,
 ) -> sa.Table:
     """Build ``<parent>_version`` from the tracked ``columns`` of ``parent``.
 
     Copies keep name, key and type but drop everything that would make history rows collide
     or depend on live data: unique constraints, foreign keys, defaults, autoincrement, identity
     and computed clauses. Non-key columns become nullable so later schema changes to the parent
-    never invalidate old history. The primary key is the parent's plus ``transaction_id``.
+    never invalidate old history. The primary key is the parent's (or the columns named by
+    ``key``, for association tables whose rows are identified by their foreign keys) plus
+    ``transaction_id``.
     """
-    copies = [version_column(col) for col in columns]
+    key_set = None if key is None else set(key)
+    copies = [
+        version_column(col, key=None if key_set is None else col.key in key_set) for col in columns
+    ]
     tx_id = transaction_table.c.id
     name = parent.name + VERSION_TABLE_SUFFIX
     table = sa.Table(
@@ -155,6 +164,10 @@ def build_version_table(
         schema=parent.schema,
         info={INFO_KEY: "version", "parent_table": parent.fullname},
     )
+    if any(isinstance(c.type, sa.types.NullType) for c in copies):
+        # A foreign key column declared without a type gets its type once its target table
+        # is known, possibly after this copy was made: take it over before the DDL runs.
+        sa.event.listen(table, "before_create", _copy_late_types(parent))
     # At most one open version per row, enforced by the database; the same partial index
     # serves "current version of a row" lookups and the UPDATE that closes previous versions.
     # Backends without partial indexes rely on the primary key for those lookups.
@@ -173,14 +186,32 @@ def build_version_table(
 _PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
 
 
-def version_column(col: sa.Column[Any]) -> sa.Column[Any]:
-    """The version-table copy of a parent column: same name, key and type, nothing else."""
+def _copy_late_types(parent: sa.Table) -> Any:
+    def copy(version_table: sa.Table, *args: Any, **kw: Any) -> None:
+        copy_late_types(parent, version_table)
+
+    return copy
+
+
+def copy_late_types(parent: sa.Table, version_table: sa.Table) -> None:
+    """Give version columns still typed ``NullType`` the type their parent column has now."""
+    for column in version_table.c:
+        if isinstance(column.type, sa.types.NullType) and column.key in parent.c:
+            column.type = _copy_type(parent.c[column.key].type)
+
+
+def version_column(col: sa.Column[Any], key: bool | None = None) -> sa.Column[Any]:
+    """The version-table copy of a parent column: same name, key and type, nothing else.
+
+    ``key`` overrides whether the copy is part of the row key (default: as in the parent).
+    """
+    in_key = col.primary_key if key is None else key
     return sa.Column(
         col.name,
         _copy_type(col.type),
         key=col.key,
-        primary_key=col.primary_key,
-        nullable=not col.primary_key,
+        primary_key=in_key,
+        nullable=not in_key,
         autoincrement=False,
         comment=col.comment,
     )
