@@ -1,0 +1,222 @@
+"""Many-to-many: association tables are versioned, and version classes follow their history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+)
+
+from sqlalchemy_history_async import Operation, make_versioned, remove_versioning, version_class
+
+from .conftest import StatementLog
+
+
+@dataclass
+class Catalog:
+    Base: type[DeclarativeBase]
+    Article: type[Any]
+    Tag: type[Any]
+    Shelf: type[Any]
+    article_tag: sa.Table
+    shelf_article: sa.Table
+
+
+@pytest.fixture(scope="module")
+def models() -> Iterator[Catalog]:
+    make_versioned()
+
+    class Base(AsyncAttrs, DeclarativeBase):
+        pass
+
+    # no primary key at all
+    article_tag = sa.Table(
+        "article_tag",
+        Base.metadata,
+        sa.Column("article_id", sa.ForeignKey("article.id"), nullable=False),
+        sa.Column("tag_id", sa.ForeignKey("tag.id"), nullable=False),
+    )
+    # a surrogate primary key and an extra column with a server default
+    shelf_article = sa.Table(
+        "shelf_article",
+        Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("shelf_id", sa.Integer, sa.ForeignKey("shelf.id"), nullable=False),
+        sa.Column("article_id", sa.Integer, sa.ForeignKey("article.id"), nullable=False),
+        sa.Column("note", sa.String(20), server_default="placed"),
+    )
+
+    class Article(Base):
+        __tablename__ = "article"
+        __versioned__ = {"track_relationships": True}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(50))
+        tags: Mapped[list[Tag]] = relationship(secondary=article_tag, back_populates="articles")
+
+    class Tag(Base):
+        __tablename__ = "tag"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        articles: Mapped[list[Article]] = relationship(secondary=article_tag, back_populates="tags")
+
+    class Shelf(Base):
+        __tablename__ = "shelf"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        articles: Mapped[list[Article]] = relationship(secondary="shelf_article")
+
+    try:
+        sa.orm.configure_mappers()
+        yield Catalog(Base, Article, Tag, Shelf, article_tag, shelf_article)
+    finally:
+        remove_versioning()
+        Base.registry.dispose()
+
+
+def test_association_version_tables(models: Catalog) -> None:
+    tables = models.Base.metadata.tables
+    link = tables["article_tag_version"]
+    assert [c.name for c in link.primary_key] == ["article_id", "tag_id", "transaction_id"]
+    shelf = tables["shelf_article_version"]
+    assert [c.name for c in shelf.primary_key] == ["shelf_id", "article_id", "transaction_id"]
+    assert {"id", "note", "end_transaction_id", "operation_type"} <= set(shelf.c.keys())
+
+
+async def link_rows(session: AsyncSession, table: str) -> list[tuple[Any, ...]]:
+    rows = await session.execute(
+        sa.text(
+            f"SELECT article_id, tag_id, transaction_id, end_transaction_id, operation_type "
+            f"FROM {table} ORDER BY transaction_id, article_id, tag_id"
+        )
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_links_are_versioned(models: Catalog, session: AsyncSession) -> None:
+    a = models.Article(title="a")
+    x, y = models.Tag(name="x"), models.Tag(name="y")
+    a.tags = [x, y]
+    session.add(a)
+    await session.commit()  # tx 1
+    a.tags.remove(x)
+    await session.commit()  # tx 2
+    a.tags.remove(y)
+    await session.flush()
+    a.tags.append(y)  # removed and re-added in one transaction
+    await session.commit()  # tx 3
+
+    assert await link_rows(session, "article_tag_version") == [
+        (a.id, x.id, 1, 2, Operation.INSERT),
+        (a.id, y.id, 1, 3, Operation.INSERT),
+        (a.id, x.id, 2, None, Operation.DELETE),
+        (a.id, y.id, 3, None, Operation.UPDATE),
+    ]
+
+
+async def test_added_then_removed_link_leaves_no_trace(
+    models: Catalog, session: AsyncSession
+) -> None:
+    a, t = models.Article(title="a", tags=[]), models.Tag(name="t")
+    session.add_all([a, t])
+    await session.commit()
+    a.tags.append(t)
+    await session.flush()
+    a.tags.remove(t)
+    await session.commit()
+    rows = await link_rows(session, "article_tag_version")
+    assert rows == []
+
+
+async def test_statements_per_flush_do_not_grow_with_history(
+    models: Catalog, session: AsyncSession, statements: StatementLog
+) -> None:
+    a, t = models.Article(title="a", tags=[]), models.Tag(name="t")
+    session.add_all([a, t])
+    await session.commit()
+    counts = []
+    for _ in range(30):
+        a.tags.append(t)
+        await session.commit()
+        statements.clear()
+        a.tags.remove(t)
+        await session.commit()
+        counts.append(len(statements.statements))
+    assert len(set(counts)) == 1, counts
+    assert counts[0] <= 8
+
+
+async def test_deleting_an_owner_closes_its_links(models: Catalog, session: AsyncSession) -> None:
+    a = models.Article(title="a", tags=[models.Tag(name="t")])
+    session.add(a)
+    await session.commit()
+    await session.delete(a)
+    await session.commit()
+    rows = await link_rows(session, "article_tag_version")
+    assert [r[4] for r in rows] == [Operation.INSERT, Operation.DELETE]
+
+
+async def test_association_with_surrogate_key_and_extra_column(
+    models: Catalog, session: AsyncSession
+) -> None:
+    shelf, a = models.Shelf(), models.Article(title="a")
+    shelf.articles.append(a)
+    session.add(shelf)
+    await session.commit()
+    rows = (
+        await session.execute(
+            sa.text("SELECT shelf_id, article_id, note, operation_type FROM shelf_article_version")
+        )
+    ).all()
+    assert [tuple(r) for r in rows] == [(shelf.id, a.id, "placed", Operation.INSERT)]
+
+
+async def test_temporal_many_to_many(models: Catalog, session: AsyncSession) -> None:
+    a = models.Article(title="a")
+    x, y = models.Tag(name="x"), models.Tag(name="y")
+    a.tags = [x, y]
+    session.add(a)
+    await session.commit()  # tx 1
+    x.name = "x2"
+    await session.commit()  # tx 2: tag renamed (the article is not versioned)
+    a.tags.remove(x)
+    await session.commit()  # tx 3: link removed: track_relationships versions the article
+
+    AV, TV = version_class(models.Article), version_class(models.Tag)
+    versions = (
+        await session.scalars(
+            sa.select(AV).order_by(AV.transaction_id).options(selectinload(AV.tags))
+        )
+    ).all()
+    assert [(v.transaction_id, sorted(t.name for t in v.tags)) for v in versions] == [
+        (1, ["x", "y"]),
+        (3, ["y"]),
+    ]
+    tag_versions = (await session.scalars(sa.select(TV).order_by(TV.transaction_id, TV.id))).all()
+    assert [
+        (t.name, t.transaction_id, [v.transaction_id for v in await t.awaitable_attrs.articles])
+        for t in tag_versions
+    ] == [("x", 1, [1]), ("y", 1, [1]), ("x2", 2, [1])]
+
+
+def test_sync_session(models: Catalog, sync_session: Session) -> None:
+    s = sync_session
+    a = models.Article(title="sync", tags=[models.Tag(name="s")])
+    s.add(a)
+    s.commit()
+    a.tags.clear()
+    s.commit()
+    first, second = s.scalars(a.versions.select()).all()
+    assert [t.name for t in first.tags] == ["s"]
+    assert second.tags == []
