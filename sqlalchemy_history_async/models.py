@@ -9,6 +9,7 @@ either eager-loads or awaits ``version.awaitable_attrs.<name>`` — no hidden I/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -172,21 +173,22 @@ class Version(AsyncAttrs):
                 changes[attr] = [old, new]
         return changes
 
-    async def revert(self) -> Any:
+    async def revert(self, relations: Sequence[str] = ()) -> Any:
         """Make the row look as it did at this version, inside the caller's transaction.
 
-        See :func:`sqlalchemy_history_async.revert.revert_to`. Needs the version to belong
-        to an ``AsyncSession``; the change is flushed, never committed.
+        ``relations`` names relationships to restore as well (links and related rows as they
+        were at this version). See :func:`sqlalchemy_history_async.revert.revert_to`. Needs the
+        version to belong to an ``AsyncSession``; the change is flushed, never committed.
         """
         from .revert import revert_async
 
-        return await revert_async(self)
+        return await revert_async(self, relations)
 
-    def revert_sync(self) -> Any:
+    def revert_sync(self, relations: Sequence[str] = ()) -> Any:
         """Like :meth:`revert`, for a version that belongs to a sync ``Session``."""
         from .revert import revert_to
 
-        return revert_to(self)
+        return revert_to(self, relations)
 
     def __repr__(self) -> str:
         info = self.__history_info__

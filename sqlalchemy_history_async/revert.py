@@ -5,27 +5,33 @@ One synchronous implementation; the async face runs it through ``AsyncSession.ru
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import async_object_session
+from sqlalchemy.orm import Session
 
 from .exceptions import RevertError
+from .models import Version
 from .schema import Operation
-
-if TYPE_CHECKING:
-    from .models import Version
 
 __all__ = ["revert_async", "revert_to"]
 
 
-def revert_to(version: Version) -> Any:
+def revert_to(version: Version, relations: Sequence[str] = ()) -> Any:
     """Set the parent row's tracked columns to ``version``'s values and flush.
 
     Re-creates the row (same primary key) if it was deleted, and deletes it if ``version``
     records a delete. Columns excluded from versioning keep their current values (their
     defaults, on a re-created row). Never begins or commits a transaction of its own: the
     caller's commit records the change as a new version; a rollback undoes it.
+
+    ``relations`` names relationships of the model to restore as they were at ``version``:
+    the related rows it had then (read through the version's temporal relationship of the same
+    name) become its related rows again — links re-created or removed, and related rows that
+    were deleted since re-created from their versions. Related rows that still exist keep
+    their current values.
 
     Returns the parent object (for a delete version: the deleted object, or ``None`` if the
     row did not exist).
@@ -36,6 +42,29 @@ def revert_to(version: Version) -> Any:
             f"{type(version).__name__} is not attached to a session; load it with the session "
             "the revert should run in"
         )
+    info = version.__history_info__
+    relationships = info.parent_mapper.relationships
+    for name in relations:
+        if name not in relationships or not hasattr(type(version), name):
+            raise RevertError(
+                f"{info.parent.__name__} has no relationship {name!r} whose history is kept; "
+                f"revertible relationships: {sorted(_revertible(info, type(version)))}"
+            )
+    target = _restore_row(session, version)
+    if target is None or version.operation_type is Operation.DELETE:
+        return target
+    for name in relations:
+        then = getattr(version, name)  # the temporal relationship: related state at the version
+        if relationships[name].uselist:
+            setattr(target, name, [_existing_or_restored(session, r) for r in then])
+        else:
+            setattr(target, name, None if then is None else _existing_or_restored(session, then))
+    if relations:
+        session.flush()
+    return target
+
+
+def _restore_row(session: Session, version: Version) -> Any:
     info = version.__history_info__
     key = tuple(getattr(version, a) for a in info.pk_attrs)
     target = session.get(info.parent, key)
@@ -56,7 +85,20 @@ def revert_to(version: Version) -> Any:
     return target
 
 
-async def revert_async(version: Version) -> Any:
+def _existing_or_restored(session: Session, related: Any) -> Any:
+    """The live object of a related version (re-created if deleted); live objects as they are."""
+    if not isinstance(related, Version):
+        return related  # the target class is not versioned: a current row
+    info = related.__history_info__
+    existing = session.get(info.parent, tuple(getattr(related, a) for a in info.pk_attrs))
+    return existing if existing is not None else _restore_row(session, related)
+
+
+def _revertible(info: Any, version_cls: type[Any]) -> list[str]:
+    return [r.key for r in info.parent_mapper.relationships if hasattr(version_cls, r.key)]
+
+
+async def revert_async(version: Version, relations: Sequence[str] = ()) -> Any:
     """Async face of :func:`revert_to`, for a version loaded through an ``AsyncSession``."""
     async_session = async_object_session(version)
     if async_session is None:
@@ -64,4 +106,4 @@ async def revert_async(version: Version) -> Any:
             f"{type(version).__name__} does not belong to an AsyncSession; "
             "use version.revert_sync() with a sync Session"
         )
-    return await async_session.run_sync(lambda _session: revert_to(version))
+    return await async_session.run_sync(lambda _session: revert_to(version, relations))

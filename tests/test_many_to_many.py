@@ -220,3 +220,21 @@ def test_sync_session(models: Catalog, sync_session: Session) -> None:
     first, second = s.scalars(a.versions.select()).all()
     assert [t.name for t in first.tags] == ["s"]
     assert second.tags == []
+
+
+async def test_revert_restores_links(models: Catalog, session: AsyncSession) -> None:
+    a = models.Article(title="a")
+    x, y = models.Tag(name="x"), models.Tag(name="y")
+    a.tags = [x, y]
+    session.add(a)
+    await session.commit()
+    a.tags = [models.Tag(name="z")]
+    await session.delete(y)
+    await session.commit()
+
+    first = await session.scalar(a.versions.select().limit(1))
+    assert first is not None
+    await first.revert(relations=["tags"])
+    await session.commit()
+    assert sorted(t.name for t in await a.awaitable_attrs.tags) == ["x", "y"]  # y re-created
+    assert await session.get(models.Tag, y.id) is not None

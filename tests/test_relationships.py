@@ -241,3 +241,46 @@ def test_sync_lazy_loading(models: Blog, sync_session: Session) -> None:
     first, second = s.scalars(post.versions.select()).all()
     assert (first.author.name, first.comments) == ("bo", [])
     assert [c.text for c in second.comments] == ["x"]
+
+
+async def test_revert_with_relations(models: Blog, session: AsyncSession) -> None:
+    post = await blog_history(models, session)  # comments now: c2 only; c1 deleted (orphan)
+    other = models.Author(name="zed")
+    post.author = other
+    await session.commit()
+    PV = version_class(models.Post)
+    first = await session.scalar(sa.select(PV).order_by(PV.transaction_id).limit(1))
+    assert first is not None
+
+    restored = await first.revert(relations=["comments", "author"])
+    assert restored is post
+    await session.commit()
+    # c1 re-created with its id from its first version; c2 (added later) removed again
+    assert sorted(c.text for c in await post.awaitable_attrs.comments) == ["c1"]
+    author = await post.awaitable_attrs.author
+    assert author.name == "ann b."  # the author row that existed then, with its current values
+
+
+async def test_revert_with_unknown_relation_is_a_clear_error(
+    models: Blog, session: AsyncSession
+) -> None:
+    from sqlalchemy_history_async import RevertError
+
+    post = await blog_history(models, session)
+    [*_, last] = (await session.scalars(post.versions.select())).all()
+    with pytest.raises(RevertError, match=r"Post has no relationship 'tags'.*'comments'"):
+        await last.revert(relations=["tags"])
+
+
+def test_revert_sync_with_relations(models: Blog, sync_session: Session) -> None:
+    s = sync_session
+    post = models.Post(title="p", comments=[models.Comment(text="a")])
+    s.add(post)
+    s.commit()
+    post.comments.append(models.Comment(text="b"))
+    s.commit()
+    first = s.scalars(post.versions.select()).first()
+    assert first is not None
+    first.revert_sync(relations=["comments"])
+    s.commit()
+    assert [c.text for c in post.comments] == ["a"]
