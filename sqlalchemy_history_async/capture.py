@@ -202,14 +202,21 @@ def after_flush(session: Session, flush_context: UOWTransaction) -> None:
         _resolve_links(uow)
     pending, uow.pending = uow.pending, {}
     uow.preloaded.clear()
-    for table, changes in pending.items():
-        _write_table(session, uow, table, changes)
+    plans = [_plan(uow, table, changes) for table, changes in pending.items()]
+    transactions = plans[0].table.transaction_table
+    connection = session.connection(bind_arguments={"clause": plans[0].table.parent_table})
+    if connection.dialect.name == "postgresql" and all(p.combinable for p in plans):
+        _write_combined(connection, uow, plans)
+    else:
+        for plan in plans:
+            _write_sequential(
+                session.connection(bind_arguments={"clause": plan.table.parent_table}),
+                uow,
+                plan,
+            )
     if uow.rows == 0 and uow.transaction_id is not None:
         # Everything this transaction did cancelled out: leave no transaction row either.
-        transactions = next(iter(pending)).transaction_table
-        session.connection(bind_arguments={"clause": transactions}).execute(
-            sa.delete(transactions).where(transactions.c.id == uow.transaction_id)
-        )
+        connection.execute(sa.delete(transactions).where(transactions.c.id == uow.transaction_id))
         uow.transaction_id = None
 
 
@@ -270,30 +277,48 @@ def after_transaction_end(session: Session, transaction: SessionTransaction) -> 
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _write_table(
-    session: Session,
-    uow: UnitOfWork,
-    table: TableVersioning,
-    changes: dict[Key, tuple[Operation, Row | None]],
-) -> None:
-    seen = uow.seen.setdefault(table, {})
-    drop: list[Key] = []  # version rows of this transaction to replace or remove
-    reopen: list[Key] = []  # keys whose net change vanished: previous version is current again
-    close: list[Key] = []  # keys getting their first version row in this transaction
-    from_parent: dict[Operation, list[Key]] = {Operation.INSERT: [], Operation.UPDATE: []}
-    deleted: list[Row] = []
+@dataclass
+class _Plan:
+    """The statements one flush needs for one version table."""
 
+    table: TableVersioning
+    drop: list[Key] = field(default_factory=list)  # this transaction's rows to replace/remove
+    reopen: list[Key] = field(default_factory=list)  # net change vanished: previous is current
+    close: list[Key] = field(default_factory=list)  # first version row in this transaction
+    copy: dict[Operation, list[Key]] = field(
+        default_factory=lambda: {Operation.INSERT: [], Operation.UPDATE: []}
+    )
+    deleted: list[Row] = field(default_factory=list)  # last values of deleted rows
+
+    @property
+    def writes(self) -> bool:
+        """Whether version rows are added (which needs a transaction row)."""
+        return bool(self.close or self.deleted or any(self.copy.values()))
+
+    @property
+    def combinable(self) -> bool:
+        """Whether it fits in one combined statement (keys within one chunk, no deletes)."""
+        sizes = [self.drop, self.reopen, self.close, *self.copy.values()]
+        return not self.deleted and all(len(keys) <= _CHUNK for keys in sizes)
+
+
+def _plan(
+    uow: UnitOfWork, table: TableVersioning, changes: dict[Key, tuple[Operation, Row | None]]
+) -> _Plan:
+    """Fold this flush's changes into the transaction's bookkeeping; return what to write."""
+    seen = uow.seen.setdefault(table, {})
+    plan = _Plan(table)
     for key, (op, row) in changes.items():
         ks = seen.get(key)
         if ks is None:
             ks = seen[key] = _KeyState(existed_before=op is not Operation.INSERT, has_row=False)
         net = _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
         if ks.has_row:
-            drop.append(key)
+            plan.drop.append(key)
             if net is None:
-                reopen.append(key)
+                plan.reopen.append(key)
         elif net is not None:
-            close.append(key)
+            plan.close.append(key)
         if net is None:
             uow.rows -= ks.has_row
             ks.has_row = False
@@ -302,31 +327,108 @@ def _write_table(
         ks.has_row = True
         if net is Operation.DELETE:
             assert row is not None
-            deleted.append(row)
+            plan.deleted.append(row)
         else:
-            from_parent[net].append(key)
+            plan.copy[net].append(key)
+    return plan
 
-    connection = session.connection(bind_arguments={"clause": table.parent_table})
-    stmts = _statements(table)
-    if drop:
-        _run_keyed(connection, stmts["drop"], drop, {"_tx": uow.transaction_id})
-    if reopen:
-        _run_keyed(connection, stmts["reopen"], reopen, {"_tx": uow.transaction_id})
-    if not (close or deleted or any(from_parent.values())):
+
+def _write_sequential(connection: Connection, uow: UnitOfWork, plan: _Plan) -> None:
+    """Run a plan as separate statements (compiled once per table, cached)."""
+    stmts = _statements(plan.table)
+    if plan.drop:
+        _run_keyed(connection, stmts["drop"], plan.drop, {"_tx": uow.transaction_id})
+    if plan.reopen:
+        _run_keyed(connection, stmts["reopen"], plan.reopen, {"_tx": uow.transaction_id})
+    if not plan.writes:
         return
     if uow.transaction_id is None:
-        uow.transaction_id = _insert_transaction(connection, table.transaction_table)
+        uow.transaction_id = _insert_transaction(connection, plan.table.transaction_table)
     tx = uow.transaction_id
-    if close:
-        _run_keyed(connection, stmts["close"], close, {"_tx": tx})
-    for op, keys in from_parent.items():
+    if plan.close:
+        _run_keyed(connection, stmts["close"], plan.close, {"_tx": tx})
+    for op, keys in plan.copy.items():
         if keys:
             _run_keyed(connection, stmts["copy"], keys, {"_tx": tx, "_op": op})
-    if deleted:
-        for row in deleted:
+    if plan.deleted:
+        for row in plan.deleted:
             row["transaction_id"] = tx
             row["operation_type"] = Operation.DELETE
-        connection.execute(sa.insert(table.version_table), deleted)
+        connection.execute(sa.insert(plan.table.version_table), plan.deleted)
+
+
+def _write_combined(connection: Connection, uow: UnitOfWork, plans: list[_Plan]) -> None:
+    """Run every plan of a flush as ONE statement of chained data-modifying CTEs (PostgreSQL).
+
+    For one-row commits the history statements are the whole cost, so this turns three round
+    trips (transaction row, closing UPDATE, version INSERT) into one. Each CTE waits for the
+    previous one (it counts its rows first): closing a version must precede inserting the next
+    one, which the unique "current version" index would otherwise reject.
+    """
+    transactions = plans[0].table.transaction_table
+    ctes: list[Any] = []
+    tx_cte = None
+    if uow.transaction_id is None and any(p.writes for p in plans):
+        tx_cte = (
+            sa.insert(transactions)
+            .values(_transaction_values())
+            .returning(transactions.c.id)
+            .cte("history_transaction")
+        )
+        ctes.append(tx_cte)
+        tx: Any = sa.select(tx_cte.c.id).scalar_subquery()
+    else:
+        tx = sa.literal(uow.transaction_id, transactions.c.id.type)
+
+    def after_previous() -> sa.ColumnElement[bool]:
+        previous = ctes[-1]
+        return sa.select(sa.func.count()).select_from(previous).scalar_subquery() >= 0
+
+    def add(stmt: Any) -> None:
+        if ctes:
+            stmt = stmt.where(after_previous())
+        ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{len(ctes)}"))
+
+    for plan in plans:
+        vt, pt = plan.table.version_table, plan.table.parent_table
+        if plan.drop:
+            add(sa.delete(vt).where(_keys_in(plan.table, vt, plan.drop), vt.c.transaction_id == tx))
+        if plan.reopen:
+            add(
+                sa.update(vt)
+                .where(_keys_in(plan.table, vt, plan.reopen), vt.c.end_transaction_id == tx)
+                .values(end_transaction_id=None)
+            )
+        if plan.close:
+            add(
+                sa.update(vt)
+                .where(_keys_in(plan.table, vt, plan.close), vt.c.end_transaction_id.is_(None))
+                .values(end_transaction_id=tx)
+            )
+        cols = list(plan.table.attrs.values())
+        for op, keys in plan.copy.items():
+            if not keys:
+                continue
+            source = sa.select(*[pt.c[c] for c in cols], tx, sa.literal(op, OperationType())).where(
+                _keys_in(plan.table, pt, keys)
+            )
+            if ctes:
+                source = source.where(after_previous())
+            insert = sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
+            ctes.append(insert.returning(sa.literal_column("1")).cte(f"history_{len(ctes)}"))
+    if not ctes:
+        return
+    final = sa.select(tx_cte.c.id) if tx_cte is not None else sa.select(sa.literal(1))
+    result = connection.execute(final.add_cte(*ctes))
+    if tx_cte is not None:
+        uow.transaction_id = int(result.scalar_one())
+
+
+def _keys_in(table: TableVersioning, t: sa.Table, keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    cols = [t.c[k] for k in table.key_columns]
+    if len(cols) == 1:
+        return cols[0].in_([k[0] for k in keys])
+    return sa.tuple_(*cols).in_(list(keys))
 
 
 def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
@@ -335,18 +437,19 @@ def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
     return Operation.INSERT if exists_now else None
 
 
-def _insert_transaction(connection: Connection, transactions: sa.Table) -> int:
+def _transaction_values() -> dict[str, Any]:
     ctx = current_context()
+    return {
+        "issued_at": datetime.now(timezone.utc),
+        "user_id": ctx.user_id,
+        "remote_addr": ctx.remote_addr,
+        "meta": dict(ctx.meta) or None,
+    }
+
+
+def _insert_transaction(connection: Connection, transactions: sa.Table) -> int:
     # Values go as parameters, not .values(), so the compiled INSERT is cached and reused.
-    result = connection.execute(
-        sa.insert(transactions),
-        {
-            "issued_at": datetime.now(timezone.utc),
-            "user_id": ctx.user_id,
-            "remote_addr": ctx.remote_addr,
-            "meta": dict(ctx.meta) or None,
-        },
-    )
+    result = connection.execute(sa.insert(transactions), _transaction_values())
     pk = result.inserted_primary_key
     assert pk is not None
     return int(pk[0])
