@@ -363,72 +363,106 @@ def _write_combined(connection: Connection, uow: UnitOfWork, plans: list[_Plan])
     For one-row commits the history statements are the whole cost, so this turns three round
     trips (transaction row, closing UPDATE, version INSERT) into one. Each CTE waits for the
     previous one (it counts its rows first): closing a version must precede inserting the next
-    one, which the unique "current version" index would otherwise reject.
+    one, which the unique "current version" index would otherwise reject. The statement is
+    built once per shape of flush (which steps, on which tables) and reused with parameters.
     """
-    transactions = plans[0].table.transaction_table
+    new_transaction = uow.transaction_id is None and any(p.writes for p in plans)
+    steps: list[tuple[TableVersioning, str, Operation | None]] = []
+    params: dict[str, Any] = {}
+    for plan in plans:
+        for kind, keys, op in (
+            ("drop", plan.drop, None),
+            ("reopen", plan.reopen, None),
+            ("close", plan.close, None),
+            ("copy", plan.copy[Operation.INSERT], Operation.INSERT),
+            ("copy", plan.copy[Operation.UPDATE], Operation.UPDATE),
+        ):
+            if keys:
+                params[f"_k{len(steps)}"] = _bind_keys(keys)
+                steps.append((plan.table, kind, op))
+    if not steps:
+        return
+    shape = (new_transaction, tuple((table, kind) for table, kind, _ in steps))
+    cache = plans[0].table.statements.setdefault("combined", {})
+    stmt = cache.get(shape)
+    if stmt is None:
+        stmt = cache[shape] = _combined_statement(plans[0].table.transaction_table, shape)
+    for i, (_, _, op) in enumerate(steps):
+        if op is not None:
+            params[f"_op{i}"] = op
+    if new_transaction:
+        params.update({f"_t_{k}": v for k, v in _transaction_values().items()})
+    else:
+        params["_tx"] = uow.transaction_id
+    result = connection.execute(stmt, params)
+    if new_transaction:
+        uow.transaction_id = int(result.scalar_one())
+
+
+def _combined_statement(
+    transactions: sa.Table, shape: tuple[bool, tuple[tuple[TableVersioning, str], ...]]
+) -> sa.Select[Any]:
+    new_transaction, steps = shape
     ctes: list[Any] = []
-    tx_cte = None
-    if uow.transaction_id is None and any(p.writes for p in plans):
+    tx: Any
+    if new_transaction:
         tx_cte = (
             sa.insert(transactions)
-            .values(_transaction_values())
+            .values({k: sa.bindparam(f"_t_{k}") for k in _transaction_values()})
             .returning(transactions.c.id)
             .cte("history_transaction")
         )
         ctes.append(tx_cte)
-        tx: Any = sa.select(tx_cte.c.id).scalar_subquery()
+        tx = sa.select(tx_cte.c.id).scalar_subquery()
     else:
-        tx = sa.literal(uow.transaction_id, transactions.c.id.type)
+        tx = sa.bindparam("_tx", type_=transactions.c.id.type)
 
-    def after_previous() -> sa.ColumnElement[bool]:
-        previous = ctes[-1]
-        return sa.select(sa.func.count()).select_from(previous).scalar_subquery() >= 0
-
-    def add(stmt: Any) -> None:
-        if ctes:
-            stmt = stmt.where(after_previous())
-        ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{len(ctes)}"))
-
-    for plan in plans:
-        vt, pt = plan.table.version_table, plan.table.parent_table
-        if plan.drop:
-            add(sa.delete(vt).where(_keys_in(plan.table, vt, plan.drop), vt.c.transaction_id == tx))
-        if plan.reopen:
-            add(
+    for i, (table, kind) in enumerate(steps):
+        vt, pt = table.version_table, table.parent_table
+        keys: Any = sa.bindparam(f"_k{i}", expanding=True)
+        stmt: Any
+        if kind == "drop":
+            stmt = sa.delete(vt).where(_keys_in(table, vt, keys), vt.c.transaction_id == tx)
+        elif kind == "reopen":
+            stmt = (
                 sa.update(vt)
-                .where(_keys_in(plan.table, vt, plan.reopen), vt.c.end_transaction_id == tx)
+                .where(_keys_in(table, vt, keys), vt.c.end_transaction_id == tx)
                 .values(end_transaction_id=None)
             )
-        if plan.close:
-            add(
+        elif kind == "close":
+            stmt = (
                 sa.update(vt)
-                .where(_keys_in(plan.table, vt, plan.close), vt.c.end_transaction_id.is_(None))
+                .where(_keys_in(table, vt, keys), vt.c.end_transaction_id.is_(None))
                 .values(end_transaction_id=tx)
             )
-        cols = list(plan.table.attrs.values())
-        for op, keys in plan.copy.items():
-            if not keys:
-                continue
-            source = sa.select(*[pt.c[c] for c in cols], tx, sa.literal(op, OperationType())).where(
-                _keys_in(plan.table, pt, keys)
-            )
+        cols = list(table.attrs.values())
+        if kind == "copy":
+            source = sa.select(
+                *[pt.c[c] for c in cols], tx, sa.bindparam(f"_op{i}", type_=OperationType())
+            ).where(_keys_in(table, pt, keys))
             if ctes:
-                source = source.where(after_previous())
-            insert = sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
-            ctes.append(insert.returning(sa.literal_column("1")).cte(f"history_{len(ctes)}"))
-    if not ctes:
-        return
-    final = sa.select(tx_cte.c.id) if tx_cte is not None else sa.select(sa.literal(1))
-    result = connection.execute(final.add_cte(*ctes))
-    if tx_cte is not None:
-        uow.transaction_id = int(result.scalar_one())
+                source = source.where(_after(ctes[-1]))
+            stmt = sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
+        elif ctes:
+            stmt = stmt.where(_after(ctes[-1]))
+        ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{i}"))
+    final = sa.select(ctes[0].c.id) if new_transaction else sa.select(sa.literal_column("1"))
+    return final.add_cte(*ctes)
 
 
-def _keys_in(table: TableVersioning, t: sa.Table, keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+def _after(previous: Any) -> sa.ColumnElement[bool]:
+    """A condition that makes a CTE wait until ``previous`` has run (by counting its rows)."""
+    return sa.select(sa.func.count()).select_from(previous).scalar_subquery() >= 0
+
+
+def _bind_keys(keys: Sequence[Key]) -> list[Any]:
+    return [k[0] for k in keys] if len(keys[0]) == 1 else list(keys)
+
+
+def _keys_in(table: TableVersioning, t: sa.Table, keys: Any) -> sa.ColumnElement[bool]:
     cols = [t.c[k] for k in table.key_columns]
-    if len(cols) == 1:
-        return cols[0].in_([k[0] for k in keys])
-    return sa.tuple_(*cols).in_(list(keys))
+    target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+    return target.in_(keys)
 
 
 def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
@@ -459,9 +493,7 @@ def _run_keyed(
     connection: Connection, stmt: sa.Executable, keys: Sequence[Key], params: dict[str, Any]
 ) -> None:
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
-        connection.execute(stmt, {**params, "_keys": values})
+        connection.execute(stmt, {**params, "_keys": _bind_keys(keys[start : start + _CHUNK])})
 
 
 def _load_values(
@@ -473,9 +505,8 @@ def _load_values(
     for table in info.tables:
         stmt = _statements(table)["load"]
         for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            values = [k[0] for k in chunk] if len(chunk[0]) == 1 else list(chunk)
-            for row in connection.execute(stmt, {"_keys": values}).mappings():
+            chunk = _bind_keys(keys[start : start + _CHUNK])
+            for row in connection.execute(stmt, {"_keys": chunk}).mappings():
                 key = tuple(row[c] for c in table.key_columns)
                 out.setdefault(key, {}).update(
                     {a: row[c] for a, c in table.attrs.items() if a in info.attr_set}
@@ -485,7 +516,7 @@ def _load_values(
 
 def _statements(table: TableVersioning) -> dict[str, Any]:
     """Build (once per table) the statements the hook runs, with bound parameters only."""
-    if table.statements:
+    if "load" in table.statements:
         return table.statements
     vt = table.version_table
     pt = table.parent_table
@@ -494,9 +525,7 @@ def _statements(table: TableVersioning) -> dict[str, Any]:
     tx_type = vt.c.transaction_id.type
 
     def keys_in(t: sa.Table) -> sa.ColumnElement[bool]:
-        cols = [t.c[k] for k in table.key_columns]
-        target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
-        return target.in_(sa.bindparam("_keys", expanding=True))
+        return _keys_in(table, t, sa.bindparam("_keys", expanding=True))
 
     tx = sa.bindparam("_tx", type_=tx_type)
     table.statements.update(

@@ -45,7 +45,7 @@ class TableVersioning:
     #: column keys of this table's part of the row key, in the model's primary key order
     key_columns: tuple[str, ...]
     #: compiled-once statements used by the flush hook (see capture.py)
-    statements: dict[str, Any] = field(default_factory=dict)
+    statements: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

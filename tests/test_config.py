@@ -1,8 +1,12 @@
 """Bad configuration and wrong call order: clear errors naming the model and the option at fault.
 
+Version tables and classes are built when a versioned model's ``class`` statement runs, so errors
+about a model's own options come from that statement; errors that depend on a user class named by
+a string that is not defined yet come from ``configure_mappers()``.
+
 Each test installs its own manager and defines its own models on a fresh declarative base; the
 ``new_base`` fixture removes the manager and disposes every base's registry afterwards, so a
-model that failed to configure cannot break later tests.
+model that failed to build cannot break later tests.
 """
 
 from __future__ import annotations
@@ -76,23 +80,27 @@ def test_errors_share_one_base_class() -> None:
 
 def test_unknown_versioned_key(new_base: BaseFactory) -> None:
     make_versioned()
-    define_article(new_base(), {"exclude": [], "excludes": ["title"]})
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(new_base(), {"exclude": [], "excludes": ["title"]})
     message = str(exc.value)
     assert "Article" in message
     assert "'excludes'" in message
 
 
-def test_failed_configure_keeps_failing_with_the_same_error(new_base: BaseFactory) -> None:
+def test_failed_model_keeps_failing_with_the_same_error(new_base: BaseFactory) -> None:
     """A model that failed to build is never left silently unversioned."""
     make_versioned()
-    define_article(new_base(), {"bogus": True})
+    Base = new_base()
     with pytest.raises(ConfigurationError) as first:
-        sa.orm.configure_mappers()
+        define_article(Base, {"bogus": True})
+    assert "'bogus'" in str(first.value)
     with pytest.raises(ConfigurationError) as second:
         sa.orm.configure_mappers()
     assert str(second.value) == str(first.value)
+    with pytest.raises(ConfigurationError) as third:
+        sa.orm.configure_mappers()
+    assert str(third.value) == str(first.value)
+    assert "article_version" not in Base.metadata.tables
 
 
 @pytest.mark.parametrize("versioned", [["exclude"], None, True, "exclude"])
@@ -100,13 +108,13 @@ def test_versioned_not_a_dict(new_base: BaseFactory, versioned: Any) -> None:
     make_versioned()
     Base = new_base()
 
-    class Note(Base):
-        __tablename__ = "note"
-        __versioned__ = versioned
-        id: Mapped[int] = mapped_column(primary_key=True)
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+
+        class Note(Base):
+            __tablename__ = "note"
+            __versioned__ = versioned
+            id: Mapped[int] = mapped_column(primary_key=True)
+
     message = str(exc.value)
     assert "Note.__versioned__" in message
     assert "dict" in message
@@ -120,9 +128,8 @@ def test_versioned_not_a_dict(new_base: BaseFactory, versioned: Any) -> None:
 )
 def test_exclude_not_a_list_of_names(new_base: BaseFactory, exclude: Any) -> None:
     make_versioned()
-    define_article(new_base(), {"exclude": exclude})
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(new_base(), {"exclude": exclude})
     message = str(exc.value)
     assert "Article" in message
     assert "'exclude'" in message
@@ -131,9 +138,8 @@ def test_exclude_not_a_list_of_names(new_base: BaseFactory, exclude: Any) -> Non
 
 def test_exclude_names_missing_column(new_base: BaseFactory) -> None:
     make_versioned()
-    define_article(new_base(), {"exclude": ["title", "no_such_column"]})
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(new_base(), {"exclude": ["title", "no_such_column"]})
     message = str(exc.value)
     assert "Article" in message
     assert "'no_such_column'" in message
@@ -148,15 +154,15 @@ def test_exclude_names_relationship_not_column(new_base: BaseFactory) -> None:
         __tablename__ = "author"
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    class Book(Base):
-        __tablename__ = "book"
-        __versioned__ = {"exclude": ["author"]}
-        id: Mapped[int] = mapped_column(primary_key=True)
-        author_id: Mapped[int] = mapped_column(sa.ForeignKey("author.id"))
-        author: Mapped[Author] = sa.orm.relationship()
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+
+        class Book(Base):
+            __tablename__ = "book"
+            __versioned__ = {"exclude": ["author"]}
+            id: Mapped[int] = mapped_column(primary_key=True)
+            author_id: Mapped[int] = mapped_column(sa.ForeignKey("author.id"))
+            author: Mapped[Author] = sa.orm.relationship()
+
     message = str(exc.value)
     assert "Book" in message
     assert "'author'" in message
@@ -164,9 +170,8 @@ def test_exclude_names_relationship_not_column(new_base: BaseFactory) -> None:
 
 def test_exclude_names_primary_key_column(new_base: BaseFactory) -> None:
     make_versioned()
-    define_article(new_base(), {"exclude": ["id"]})
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(new_base(), {"exclude": ["id"]})
     message = str(exc.value)
     assert "Article" in message
     assert "primary key" in message
@@ -205,7 +210,7 @@ def test_exclude_by_column_or_attribute_name(new_base: BaseFactory, name: str) -
 
 def test_user_cls_name_not_found(new_base: BaseFactory) -> None:
     make_versioned(user_cls="Nope")
-    define_article(new_base())
+    define_article(new_base())  # "Nope" may still be defined later
     with pytest.raises(ConfigurationError) as exc:
         sa.orm.configure_mappers()
     message = str(exc.value)
@@ -218,9 +223,8 @@ def test_user_cls_not_mapped(new_base: BaseFactory) -> None:
         id = 1
 
     make_versioned(user_cls=Member)
-    define_article(new_base())
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(new_base())
     message = str(exc.value)
     assert "user_cls=Member" in message
     assert "not a mapped class" in message
@@ -243,9 +247,8 @@ def test_user_cls_with_composite_primary_key(new_base: BaseFactory) -> None:
         org: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
         login: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
 
-    define_article(Base)
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        define_article(Base)
     message = str(exc.value)
     assert "Member" in message
     assert "single-column primary key" in message
@@ -365,17 +368,133 @@ def test_model_mapped_before_make_versioned(new_base: BaseFactory) -> None:
     assert "mapped before make_versioned()" in message
 
 
-def test_version_class_configures_lazily(new_base: BaseFactory) -> None:
+def test_version_class_needs_no_configure_call(new_base: BaseFactory) -> None:
+    """The version class exists once the model is defined; mappers configure on first use."""
     make_versioned()
     Article = define_article(new_base())
     assert not sa.inspect(Article).configured
 
     V = version_class(Article)
-    assert sa.inspect(Article).configured
     assert issubclass(V, Version)
     assert V.__name__ == "ArticleVersion"
     assert parent_class(V) is Article
     assert transaction_class(V) is transaction_class(Article)
+    assert V.__table__.metadata is Article.__table__.metadata
+
+    assert sa.inspect(Article).attrs["versions"].mapper.class_ is V
+    assert sa.inspect(Article).configured
+
+
+# --- version tables exist as soon as the models are defined --------------------------------------
+
+
+def test_tables_in_metadata_before_configure(new_base: BaseFactory) -> None:
+    """``metadata.create_all()`` right after the class statements creates the history tables."""
+    make_versioned()
+    Base = new_base()
+    Article = define_article(Base)
+
+    class Note(Base):
+        __tablename__ = "note"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        article_id: Mapped[int] = mapped_column(sa.ForeignKey("article.id"))
+
+    assert {"article", "article_version", "note", "note_version", "transaction"} <= set(
+        Base.metadata.tables
+    )
+    assert not sa.inspect(Article).configured
+    assert not sa.inspect(Note).configured
+
+    engine = sa.create_engine("sqlite://")
+    try:
+        Base.metadata.create_all(engine)
+        insp = sa.inspect(engine)
+        assert set(insp.get_table_names()) == {
+            "article",
+            "article_version",
+            "note",
+            "note_version",
+            "transaction",
+        }
+        assert [c["name"] for c in insp.get_columns("article_version")] == [
+            "id",
+            "title",
+            "transaction_id",
+            "end_transaction_id",
+            "operation_type",
+        ]
+        assert [
+            (fk["constrained_columns"], fk["referred_table"])
+            for fk in insp.get_foreign_keys("note_version")
+        ] == [(["transaction_id"], "transaction")]
+    finally:
+        engine.dispose()
+    assert not sa.inspect(Article).configured
+
+
+def test_user_cls_defined_after_the_versioned_models(new_base: BaseFactory) -> None:
+    """With ``user_cls`` given by name, building waits until that class is defined."""
+    make_versioned(user_cls="User")
+    Base = new_base()
+    Article = define_article(Base)
+
+    class Note(Base):
+        __tablename__ = "note"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert "transaction" not in Base.metadata.tables
+    assert "article_version" not in Base.metadata.tables
+
+    class User(Base):
+        __tablename__ = "user_account"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    tables = Base.metadata.tables
+    assert {"article_version", "note_version", "transaction"} <= set(tables)
+    user_id = tables["transaction"].c.user_id
+    assert [fk.target_fullname for fk in user_id.foreign_keys] == ["user_account.id"]
+    assert type(user_id.type) is type(User.__table__.c.id.type)
+    assert not sa.inspect(Article).configured
+
+    engine = sa.create_engine("sqlite://")
+    try:
+        Base.metadata.create_all(engine)
+        insp = sa.inspect(engine)
+        assert {"article_version", "note_version", "transaction", "user_account"} <= set(
+            insp.get_table_names()
+        )
+        assert [
+            (fk["constrained_columns"], fk["referred_table"], fk["referred_columns"])
+            for fk in insp.get_foreign_keys("transaction")
+        ] == [(["user_id"], "user_account", ["id"])]
+    finally:
+        engine.dispose()
+
+    sa.orm.configure_mappers()
+    assert version_class(Note).__table__ is tables["note_version"]
+    Tx = transaction_class(Article)
+    assert Tx is transaction_class(Note)
+    assert sa.inspect(Tx).relationships["user"].mapper.class_ is User
+
+
+def test_user_cls_name_never_defined(new_base: BaseFactory) -> None:
+    make_versioned(user_cls="User")
+    Base = new_base()
+    define_article(Base)
+    assert "article" in Base.metadata.tables
+    assert "article_version" not in Base.metadata.tables
+
+    with pytest.raises(ConfigurationError) as exc:
+        sa.orm.configure_mappers()
+    message = str(exc.value)
+    assert "user_cls='User'" in message
+    assert "no mapped class of that name" in message
+    assert "Article" in message
+    with pytest.raises(ConfigurationError) as again:
+        sa.orm.configure_mappers()
+    assert str(again.value) == message
 
 
 # --- models that cannot be versioned ----------------------------------------------------------
@@ -385,14 +504,14 @@ def test_model_with_column_named_versions(new_base: BaseFactory) -> None:
     make_versioned()
     Base = new_base()
 
-    class Release(Base):
-        __tablename__ = "release"
-        __versioned__ = {}
-        id: Mapped[int] = mapped_column(primary_key=True)
-        versions: Mapped[str] = mapped_column(sa.String(50))
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+
+        class Release(Base):
+            __tablename__ = "release"
+            __versioned__ = {}
+            id: Mapped[int] = mapped_column(primary_key=True)
+            versions: Mapped[str] = mapped_column(sa.String(50))
+
     message = str(exc.value)
     assert "Release" in message
     assert "'versions'" in message
@@ -402,53 +521,54 @@ def test_model_with_python_attribute_named_versions(new_base: BaseFactory) -> No
     make_versioned()
     Base = new_base()
 
-    class Package(Base):
-        __tablename__ = "package"
-        __versioned__ = {}
-        id: Mapped[int] = mapped_column(primary_key=True)
-
-        @property
-        def versions(self) -> list[str]:
-            return []
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+
+        class Package(Base):
+            __tablename__ = "package"
+            __versioned__ = {}
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+            @property
+            def versions(self) -> list[str]:
+                return []
+
     message = str(exc.value)
     assert "Package" in message
     assert "'versions'" in message
 
 
 @pytest.mark.parametrize("kind", ["joined", "single"])
-def test_versioned_model_in_inheritance_hierarchy(new_base: BaseFactory, kind: str) -> None:
+def test_versioned_subclass_of_unversioned_model(new_base: BaseFactory, kind: str) -> None:
     make_versioned()
     Base = new_base()
 
     class Animal(Base):
         __tablename__ = "animal"
-        __versioned__ = {}
         __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str] = mapped_column(sa.String(20))
 
-    if kind == "joined":
-
-        class Dog(Animal):
-            __tablename__ = "dog"
-            __mapper_args__ = {"polymorphic_identity": "dog"}
-            id: Mapped[int] = mapped_column(sa.ForeignKey("animal.id"), primary_key=True)
-            breed: Mapped[str | None] = mapped_column(sa.String(20))
-
-    else:
-
-        class Dog(Animal):  # type: ignore[no-redef]
-            __mapper_args__ = {"polymorphic_identity": "dog"}
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+        if kind == "joined":
+
+            class Dog(Animal):
+                __tablename__ = "dog"
+                __versioned__ = {}
+                __mapper_args__ = {"polymorphic_identity": "dog"}
+                id: Mapped[int] = mapped_column(sa.ForeignKey("animal.id"), primary_key=True)
+                breed: Mapped[str | None] = mapped_column(sa.String(20))
+
+        else:
+
+            class Dog(Animal):  # type: ignore[no-redef]
+                __versioned__ = {}
+                __mapper_args__ = {"polymorphic_identity": "dog"}
+
     message = str(exc.value)
     assert message.startswith("Dog ")
-    assert "Animal" in message
-    assert "not supported yet" in message
+    assert "inherits from Animal, which is not" in message
+    assert "__versioned__ on the base class" in message
+    assert not [name for name in Base.metadata.tables if name.endswith("_version")]
 
 
 def test_versioned_models_on_different_metadata(new_base: BaseFactory) -> None:
@@ -456,13 +576,13 @@ def test_versioned_models_on_different_metadata(new_base: BaseFactory) -> None:
     define_article(new_base())
     Other = new_base()
 
-    class Note(Other):
-        __tablename__ = "note"
-        __versioned__ = {}
-        id: Mapped[int] = mapped_column(primary_key=True)
-
     with pytest.raises(ConfigurationError) as exc:
-        sa.orm.configure_mappers()
+
+        class Note(Other):
+            __tablename__ = "note"
+            __versioned__ = {}
+            id: Mapped[int] = mapped_column(primary_key=True)
+
     message = str(exc.value)
     assert "Note" in message
     assert "MetaData" in message

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mssql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from sqlalchemy_history_async import (
@@ -30,6 +30,9 @@ from .models import Models
 VERSIONED = ["Article", "Comment", "Tagging"]
 ADDED_COLUMNS = ["transaction_id", "end_transaction_id", "operation_type"]
 EXCLUDED = {"Article": {"view_count"}, "Comment": set(), "Tagging": set()}
+PARENT_KEY = {"Article": ("id",), "Comment": ("id",), "Tagging": ("article_id", "tag")}
+# Databases with partial indexes, where the "one open version per row" index is created.
+PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
 
 
 def model(models: Models, name: str) -> type[Any]:
@@ -45,6 +48,23 @@ def version_table(models: Models, name: str) -> sa.Table:
 def tx_table(models: Models) -> sa.Table:
     table: sa.Table = transaction_class(models.Article).__table__  # type: ignore[attr-defined]
     return table
+
+
+def assert_current_index(vt: sa.Table, key: tuple[str, ...]) -> sa.Index:
+    """Check ``vt``'s only unique index: the partial one over open versions of ``key``."""
+    [ix] = [ix for ix in vt.indexes if ix.unique]
+    assert ix.name == f"ix_{vt.name}_current"
+    assert tuple(c.name for c in ix.columns) == key
+    for name in PARTIAL_INDEX_DIALECTS:
+        where = ix.dialect_options[name]["where"]
+        assert where is not None, name
+        assert str(where) == f"{vt.name}.end_transaction_id IS NULL", name
+    dialects: list[sa.Dialect] = [sqlite.dialect(), postgresql.dialect(), mssql.dialect()]
+    for dialect in dialects:
+        ddl = str(sa.schema.CreateIndex(ix).compile(dialect=dialect))
+        assert ddl.startswith("CREATE UNIQUE INDEX"), ddl
+        assert ddl.endswith("WHERE end_transaction_id IS NULL"), ddl
+    return ix
 
 
 # --- version tables, as built -----------------------------------------------------------------
@@ -120,7 +140,8 @@ def test_parent_foreign_keys_are_not_copied(models: Models) -> None:
 def test_no_unique_defaults_or_autoincrement(models: Models, name: str) -> None:
     vt = version_table(models, name)
     assert not [c for c in vt.constraints if isinstance(c, sa.UniqueConstraint)]
-    assert not [ix for ix in vt.indexes if ix.unique]
+    # The only unique index: at most one open version (end_transaction_id NULL) per row.
+    assert_current_index(vt, PARENT_KEY[name])
     assert vt.autoincrement_column is None
     for c in vt.c:
         assert not c.unique, c.name
@@ -153,11 +174,49 @@ def test_nullability(models: Models, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", VERSIONED)
-def test_indexes_on_transaction_columns(models: Models, name: str) -> None:
+def test_indexes(models: Models, name: str) -> None:
     vt = version_table(models, name)
-    indexed = {tuple(c.name for c in ix.columns) for ix in vt.indexes}
-    assert ("transaction_id",) in indexed
-    assert ("end_transaction_id",) in indexed
+    indexes = {tuple(c.name for c in ix.columns): ix.unique for ix in vt.indexes}
+    # end_transaction_id has no index of its own: the partial index covers open versions.
+    assert indexes == {("transaction_id",): False, PARENT_KEY[name]: True}
+
+
+def create_ddl(metadata: sa.MetaData, url: str) -> list[str]:
+    """The DDL ``metadata.create_all()`` emits for the dialect of ``url``."""
+    statements: list[str] = []
+
+    def execute(sql: Any, *args: Any, **kw: Any) -> None:
+        statements.append(str(sql.compile(dialect=engine.dialect)).strip())
+
+    engine = sa.create_mock_engine(url, execute)
+    metadata.create_all(engine, checkfirst=False)
+    return statements
+
+
+@pytest.mark.parametrize(
+    ("url", "partial"),
+    [("sqlite://", True), ("postgresql+psycopg://", True), ("mysql+pymysql://", False)],
+    ids=["sqlite", "postgresql", "mysql"],
+)
+def test_current_index_ddl_only_where_partial_indexes_exist(
+    models: Models, url: str, partial: bool
+) -> None:
+    """Without partial indexes, a unique index on the key would forbid any history at all."""
+    ddl = create_ddl(models.Base.metadata, url)
+    unique = [s for s in ddl if s.startswith("CREATE UNIQUE INDEX")]
+    if partial:
+        assert sorted(unique) == [
+            "CREATE UNIQUE INDEX ix_article_version_current ON article_version (id) "
+            "WHERE end_transaction_id IS NULL",
+            "CREATE UNIQUE INDEX ix_comment_version_current ON comment_version (id) "
+            "WHERE end_transaction_id IS NULL",
+            "CREATE UNIQUE INDEX ix_tagging_version_current ON tagging_version (article_id, tag) "
+            "WHERE end_transaction_id IS NULL",
+        ]
+    else:
+        assert unique == []
+    for table in ("article_version", "comment_version", "tagging_version"):
+        assert f"CREATE INDEX ix_{table}_transaction_id ON {table} (transaction_id)" in ddl
 
 
 def test_build_version_table_strips_constraints_and_defaults() -> None:
@@ -189,10 +248,11 @@ def test_build_version_table_strips_constraints_and_defaults() -> None:
         if isinstance(c, (sa.UniqueConstraint, sa.CheckConstraint))
         and not isinstance(c, sa.PrimaryKeyConstraint)
     ]
-    assert {tuple(c.name for c in ix.columns) for ix in vt.indexes} == {
-        ("transaction_id",),
-        ("end_transaction_id",),
+    assert {tuple(c.name for c in ix.columns): ix.unique for ix in vt.indexes} == {
+        ("transaction_id",): False,
+        ("id",): True,
     }
+    assert_current_index(vt, ("id",))
     assert vt.autoincrement_column is None
     for c in vt.c:
         assert (c.default, c.server_default, c.onupdate) == (None, None, None), c.name
@@ -235,6 +295,57 @@ async def test_operation_type_returns_operation_members(
     ).all()
     assert raw == [0, 1, 2]
     assert all(type(v) is int for v in raw)
+
+
+# --- one open version per row, enforced by the database -----------------------------------------
+
+
+async def add_transaction(session: AsyncSession, models: Models) -> int:
+    t = tx_table(models)
+    tx_id = await session.scalar(
+        sa.insert(t).values(issued_at=datetime.now(timezone.utc)).returning(t.c.id)
+    )
+    assert isinstance(tx_id, int)
+    return tx_id
+
+
+@pytest.mark.parametrize("name", ["Article", "Tagging"])
+async def test_database_allows_one_open_version_per_row(
+    models: Models, session: AsyncSession, name: str
+) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect not in PARTIAL_INDEX_DIALECTS:
+        pytest.skip(f"{dialect} has no partial indexes; the rule is not enforced there")
+    row = {"title": "a"} if name == "Article" else {"article_id": 1, "tag": "t"}
+    session.add(model(models, name)(**row))
+    await session.commit()
+
+    vt = version_table(models, name)
+    open_version = dict(
+        (await session.execute(sa.select(vt).where(vt.c.end_transaction_id.is_(None))))
+        .mappings()
+        .one()
+    )
+    tx_id = await add_transaction(session, models)
+    await session.commit()
+
+    second_open = {**open_version, "transaction_id": tx_id, "operation_type": Operation.UPDATE}
+    with pytest.raises(sa.exc.IntegrityError):
+        await session.execute(sa.insert(vt).values(second_open))
+    await session.rollback()
+
+    # A closed version of the same row is fine: history holds any number of those.
+    closed = {**second_open, "end_transaction_id": tx_id + 1}
+    await session.execute(sa.insert(vt).values(closed))
+    await session.commit()
+
+    key = [vt.c[k] == open_version[k] for k in PARENT_KEY[name]]
+    ends = (
+        await session.scalars(
+            sa.select(vt.c.end_transaction_id).where(*key).order_by(vt.c.transaction_id)
+        )
+    ).all()
+    assert ends == [None, tx_id + 1]
 
 
 # --- the transaction table --------------------------------------------------------------------
@@ -364,6 +475,12 @@ def reflect(conn: sa.Connection) -> dict[str, Any]:
             "indexes": {
                 tuple(ix["column_names"]): bool(ix["unique"]) for ix in insp.get_indexes(table)
             },
+            "index_where": {
+                ix["name"]: str(where)
+                for ix in insp.get_indexes(table)
+                for option, where in ix.get("dialect_options", {}).items()
+                if option.endswith("_where")
+            },
             "fks": [
                 (
                     tuple(fk["constrained_columns"]),
@@ -388,11 +505,21 @@ async def test_schema_in_database(models: Models, engine: AsyncEngine) -> None:
         "comment_version": ["id", "transaction_id"],
         "tagging_version": ["article_id", "tag", "transaction_id"],
     }
+    partial = engine.dialect.name in PARTIAL_INDEX_DIALECTS
     for table, pk in expected_pk.items():
         t = db[table]
         assert t["pk"] == pk, table
         assert t["indexes"].get(("transaction_id",)) is False, table
-        assert t["indexes"].get(("end_transaction_id",)) is False, table
+        assert ("end_transaction_id",) not in t["indexes"], table
+        key = tuple(pk[:-1])
+        if partial:
+            # One open version per row: unique over the parent key, open versions only.
+            assert t["indexes"].get(key) is True, table
+            where = t["index_where"][f"ix_{table}_current"]
+            assert "end_transaction_id IS NULL" in where.replace('"', ""), (table, where)
+        else:
+            assert key not in t["indexes"], table
+        assert [k for k, unique in t["indexes"].items() if unique] == ([key] if partial else [])
         assert t["fks"] == [(("transaction_id",), "transaction", ("id",))], table
         assert t["uniques"] == [], table
         assert "view_count" not in t["columns"]
