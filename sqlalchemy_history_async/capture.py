@@ -94,7 +94,7 @@ def record_insert(info: VersionInfo, state: InstanceState[Any]) -> None:
     _note_links(info, state, deleting=False)
 
 
-def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
+def record_update(info: VersionInfo, state: InstanceState[Any], connection: Connection) -> None:
     """``after_update``: note the row if a tracked column really changed.
 
     A changed primary key is recorded as what it is for history: the old key's row is gone
@@ -112,14 +112,18 @@ def record_update(info: VersionInfo, state: InstanceState[Any]) -> None:
     if old_key is None or old_key == key:
         _note(info, state, key, Operation.UPDATE, None)
         return
-    _note(info, state, old_key, Operation.DELETE, {a: _old_value(state, a) for a in info.attrs})
+    old: dict[str, Any] = {}
+    for attr in info.attrs:
+        history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
+        before = history.deleted or history.unchanged
+        if before:
+            old[attr] = before[0]
+    if len(old) < len(info.attrs):
+        # Attributes never loaded were not changed either: the row (now under its new key)
+        # still holds their old values.
+        old = {**_load_values(connection, info, [key]).get(key, {}), **old}
+    _note(info, state, old_key, Operation.DELETE, old)
     _note(info, state, key, Operation.INSERT, None)
-
-
-def _old_value(state: InstanceState[Any], attr: str) -> Any:
-    history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
-    before = history.deleted or history.unchanged
-    return before[0] if before else None
 
 
 def record_delete(info: VersionInfo, state: InstanceState[Any], connection: Connection) -> None:

@@ -394,7 +394,7 @@ def _after_insert(info: VersionInfo, mapper: Mapper[Any], connection: Any, targe
 
 
 def _after_update(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:
-    capture.record_update(info, sa.inspect(target))
+    capture.record_update(info, sa.inspect(target), connection)
 
 
 def _before_delete(info: VersionInfo, mapper: Mapper[Any], connection: Any, target: Any) -> None:

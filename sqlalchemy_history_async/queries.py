@@ -13,8 +13,10 @@ the last transaction issued at or before it; transaction ids grow with ``issued_
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -245,10 +247,11 @@ def select_changes(
     """The unified change feed over all version tables (one ``UNION ALL``).
 
     ``classes`` selects the version tables read (a model of a joined-table hierarchy has one
-    per table). Rows have ``table`` (the model's table name), ``primary_key`` (a dict by
-    attribute name), ``operation``, ``transaction_id``, ``issued_at``, ``user_id``, ``meta``
-    and ``key_text`` (the key as JSON text, which orders the rows of one transaction and
-    table), ordered by
+    per table). Rows have ``table`` (the model's table name, schema-qualified when it has
+    one), ``primary_key`` (a dict by attribute name, with JSON values: a UUID is a string;
+    :func:`version_at` accepts it as it is), ``operation``, ``transaction_id``,
+    ``issued_at``, ``user_id``, ``meta`` and ``key_text`` (the key as JSON text, which
+    orders the rows of one transaction and table), ordered by
     ``(transaction_id, table, key_text)``. ``since``/``until`` are inclusive.
     """
     infos = _infos(classes)
@@ -265,7 +268,7 @@ def select_changes(
         for col in table.key_columns:
             pairs += [sa.literal_column(_sql_string(attr_of[col])), vt.c[col]]
         branch = sa.select(
-            sa.literal_column(_sql_string(table.parent_table.name), sa.String).label("table"),
+            sa.literal_column(_sql_string(table.parent_table.fullname), sa.String).label("table"),
             _json_object(*pairs).label("key_text"),
             vt.c.operation_type.label("operation"),
             vt.c.transaction_id.label("transaction_id"),
@@ -375,11 +378,30 @@ def _pk_values(info: VersionInfo, pk: Any) -> dict[str, Any]:
             raise VersioningError(
                 f"{info.parent.__name__} primary key is {info.pk_attrs}, got keys {sorted(pk)}"
             )
-        return pk
-    values = pk if isinstance(pk, tuple) else (pk,)
-    if len(values) != len(info.pk_attrs):
-        raise VersioningError(f"{info.parent.__name__} primary key is {info.pk_attrs}, got {pk!r}")
-    return dict(zip(info.pk_attrs, values, strict=True))
+        values = pk
+    else:
+        as_tuple = pk if isinstance(pk, tuple) else (pk,)
+        if len(as_tuple) != len(info.pk_attrs):
+            raise VersioningError(
+                f"{info.parent.__name__} primary key is {info.pk_attrs}, got {pk!r}"
+            )
+        values = dict(zip(info.pk_attrs, as_tuple, strict=True))
+    return {attr: _as_column_value(info.column(attr), v) for attr, v in values.items()}
+
+
+def _as_column_value(column: sa.Column[Any], value: Any) -> Any:
+    """Accept a key value in its JSON form (as the change feed gives it): "1f0c…" for a UUID."""
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    if value is None or isinstance(value, python_type):
+        return value
+    if python_type is uuid.UUID:
+        return uuid.UUID(str(value))
+    if python_type in (int, str, Decimal):
+        return python_type(value)
+    return value
 
 
 def _sql_string(value: str) -> str:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -56,10 +57,12 @@ class AwareDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every database.
 
     Backends without a time zone type (SQLite, MySQL/MariaDB) store naive UTC; values come
-    back aware (UTC) everywhere. Naive input is rejected rather than guessed at.
+    back aware (UTC) everywhere. Naive input is rejected rather than guessed at. MySQL/MariaDB
+    get ``DATETIME(6)``: a plain ``DATETIME`` drops the microseconds, and points in time
+    within the same second as a transaction would then fall on the wrong side of it.
     """
 
-    impl = sa.DateTime(timezone=True)
+    impl = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
