@@ -3,14 +3,18 @@
 How a flush is recorded
 -----------------------
 Mapper events (``after_insert``, ``after_update``, ``before_delete``) fire for exactly the rows
-the ORM writes — never a scan of the identity map — and only note the row's key in the
-session's :class:`UnitOfWork`. ``after_flush`` then writes, per version table, a handful of
-set-based statements:
+the ORM writes — never a scan of the identity map — and only note the row's key (and, for
+many-to-many relationships, the links added or removed) in the session's
+:class:`UnitOfWork`. ``after_flush`` then writes, per version table, a handful of set-based
+statements:
 
+* one ``UPDATE`` closing the previous versions (``end_transaction_id``) of those keys;
 * ``INSERT … SELECT`` from the parent table for inserted and updated rows, so the version holds
   what the database holds (server defaults, triggers and type processing included);
-* one executemany ``INSERT`` of the deleted rows' last values, captured before the ``DELETE``;
-* one ``UPDATE`` closing the previous versions (``end_transaction_id``) of those keys.
+* one executemany ``INSERT`` of the deleted rows' last values, captured before the ``DELETE``.
+
+On PostgreSQL the statements of a flush, with the transaction row, go as one statement of
+chained data-modifying CTEs: one round trip per flush.
 
 One transaction row per database transaction, one version row per key per transaction carrying
 the final state: when a later flush of the same transaction touches a key again, its version
