@@ -228,14 +228,14 @@ async def test_new_transaction_gets_new_context(models: Models, session: AsyncSe
 
 
 async def test_concurrent_sessions_record_their_own_context(
-    models: Models, session_factory: async_sessionmaker[AsyncSession]
+    models: Models, concurrent_session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with session_factory() as s:
+    async with concurrent_session_factory() as s:
         await add_users(s, models, 1, 2)
 
     async def work(user_id: int) -> None:
         with versioning_context(user_id=user_id, remote_addr=f"10.0.0.{user_id}", worker=user_id):
-            async with session_factory() as s:
+            async with concurrent_session_factory() as s:
                 for i in range(3):
                     s.add(models.Article(title=f"{user_id}-{i}"))
                     await asyncio.sleep(0)
@@ -245,7 +245,7 @@ async def test_concurrent_sessions_record_their_own_context(
 
     await asyncio.gather(work(1), work(2))
 
-    async with session_factory() as s:
+    async with concurrent_session_factory() as s:
         by_user = {tx.user_id: stamp(tx) for tx in await transactions(s, models)}
     assert by_user == {
         1: (1, "10.0.0.1", {"worker": 1}),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import mssql, postgresql, sqlite
+from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from sqlalchemy_history_async import (
@@ -411,6 +411,13 @@ async def test_issued_at_is_aware_utc_and_now(models: Models, session: AsyncSess
 def test_issued_at_rejects_naive_datetime() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         AwareDateTime().process_bind_param(datetime(2024, 1, 1), sqlite.dialect())
+
+
+def test_issued_at_keeps_microseconds_on_mysql_and_mariadb() -> None:
+    # A plain DATETIME would drop them there.
+    for dialect in (mysql.dialect(), mysql.mariadb.MariaDBDialect()):
+        assert AwareDateTime().compile(dialect=dialect) == "DATETIME(6)"
+    assert AwareDateTime().compile(dialect=postgresql.dialect()) == "TIMESTAMP WITH TIME ZONE"
 
 
 async def test_user_id_and_remote_addr_round_trip(models: Models, session: AsyncSession) -> None:
