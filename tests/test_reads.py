@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload, undefer
+from sqlalchemy.orm import joinedload, selectinload, undefer
 
 from sqlalchemy_history_async import Operation, Transaction, version_class
 
@@ -178,3 +178,28 @@ async def test_one_query_loads_a_page_of_versions_with_previous(
     assert len(page) == 60
     assert len(statements.statements) == 2  # the page, then one selectin query for previous
     assert all((v.previous is None) == (v.operation_type is Operation.INSERT) for v in page)
+
+
+async def test_whole_history_with_changesets_in_one_query(
+    models: Models, session: AsyncSession, statements: StatementLog
+) -> None:
+    a = models.Article(title="t0")
+    session.add(a)
+    await session.commit()
+    for i in range(1, 60):
+        a.title = f"t{i}"
+        await session.commit()
+    V = version_class(models.Article)
+    statements.clear()
+    history = (
+        await session.scalars(
+            sa.select(V)
+            .where(V.id == a.id)
+            .order_by(V.transaction_id)
+            .options(joinedload(V.previous))
+        )
+    ).all()
+    changesets = [v.changeset for v in history]
+    assert len(statements.statements) == 1
+    assert changesets[0]["title"] == [None, "t0"]
+    assert changesets[1:] == [{"title": [f"t{i - 1}", f"t{i}"]} for i in range(1, 60)]
