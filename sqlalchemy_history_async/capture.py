@@ -426,33 +426,9 @@ def _combined_statement(
         tx = sa.bindparam("_tx", type_=transactions.c.id.type)
 
     for i, (table, kind) in enumerate(steps):
-        vt, pt = table.version_table, table.parent_table
-        keys: Any = sa.bindparam(f"_k{i}", expanding=True)
-        stmt: Any
-        if kind == "drop":
-            stmt = sa.delete(vt).where(_keys_in(table, vt, keys), vt.c.transaction_id == tx)
-        elif kind == "reopen":
-            stmt = (
-                sa.update(vt)
-                .where(_keys_in(table, vt, keys), vt.c.end_transaction_id == tx)
-                .values(end_transaction_id=None)
-            )
-        elif kind == "close":
-            stmt = (
-                sa.update(vt)
-                .where(_keys_in(table, vt, keys), vt.c.end_transaction_id.is_(None))
-                .values(end_transaction_id=tx)
-            )
-        cols = list(table.attrs.values())
-        if kind == "copy":
-            source = sa.select(
-                *[pt.c[c] for c in cols], tx, sa.bindparam(f"_op{i}", type_=OperationType())
-            ).where(_keys_in(table, pt, keys))
-            if ctes:
-                source = source.where(_after(ctes[-1]))
-            stmt = sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
-        elif ctes:
-            stmt = stmt.where(_after(ctes[-1]))
+        op = sa.bindparam(f"_op{i}", type_=OperationType()) if kind == "copy" else None
+        after = _after(ctes[-1]) if ctes else None
+        stmt = _step(table, kind, sa.bindparam(f"_k{i}", expanding=True), tx, op, after)
         ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{i}"))
     final = sa.select(ctes[0].c.id) if new_transaction else sa.select(sa.literal_column("1"))
     return final.add_cte(*ctes)
@@ -522,36 +498,53 @@ def _load_values(
     return out
 
 
+def _step(
+    table: TableVersioning,
+    kind: str,
+    keys: Any,
+    tx: Any,
+    op: Any = None,
+    after: sa.ColumnElement[bool] | None = None,
+) -> Any:
+    """One history statement for ``keys`` of ``table``: drop, reopen, close or copy.
+
+    ``after`` is an extra condition (the combined statement's ordering between CTEs).
+    """
+    vt, pt = table.version_table, table.parent_table
+    extra = [] if after is None else [after]
+    if kind == "copy":
+        cols = list(table.attrs.values())
+        source = sa.select(*[pt.c[c] for c in cols], tx, op).where(
+            _keys_in(table, pt, keys), *extra
+        )
+        return sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
+    if kind == "drop":
+        return sa.delete(vt).where(_keys_in(table, vt, keys), vt.c.transaction_id == tx, *extra)
+    if kind == "reopen":
+        return (
+            sa.update(vt)
+            .where(_keys_in(table, vt, keys), vt.c.end_transaction_id == tx, *extra)
+            .values(end_transaction_id=None)
+        )
+    assert kind == "close", kind
+    return (
+        sa.update(vt)
+        .where(_keys_in(table, vt, keys), vt.c.end_transaction_id.is_(None), *extra)
+        .values(end_transaction_id=tx)
+    )
+
+
 def _statements(table: TableVersioning) -> dict[str, Any]:
     """Build (once per table) the statements the hook runs, with bound parameters only."""
     if "load" in table.statements:
         return table.statements
-    vt = table.version_table
     pt = table.parent_table
-    copy_late_types(pt, vt)
-    col_keys = list(table.attrs.values())
-    tx_type = vt.c.transaction_id.type
-
-    def keys_in(t: sa.Table) -> sa.ColumnElement[bool]:
-        return _keys_in(table, t, sa.bindparam("_keys", expanding=True))
-
-    tx = sa.bindparam("_tx", type_=tx_type)
+    copy_late_types(pt, table.version_table)
+    keys: Any = sa.bindparam("_keys", expanding=True)
+    tx = sa.bindparam("_tx", type_=table.version_table.c.transaction_id.type)
+    op = sa.bindparam("_op", type_=OperationType())
     table.statements.update(
-        drop=sa.delete(vt).where(keys_in(vt), vt.c.transaction_id == tx),
-        reopen=sa.update(vt)
-        .where(keys_in(vt), vt.c.end_transaction_id == tx)
-        .values(end_transaction_id=None),
-        close=sa.update(vt)
-        .where(keys_in(vt), vt.c.end_transaction_id.is_(None))
-        .values(end_transaction_id=tx),
-        copy=sa.insert(vt).from_select(
-            [*col_keys, "transaction_id", "operation_type"],
-            sa.select(
-                *[pt.c[k] for k in col_keys],
-                tx,
-                sa.bindparam("_op", type_=OperationType()),
-            ).where(keys_in(pt)),
-        ),
-        load=sa.select(*[pt.c[k] for k in col_keys]).where(keys_in(pt)),
+        {kind: _step(table, kind, keys, tx, op) for kind in ("drop", "reopen", "close", "copy")},
+        load=sa.select(*[pt.c[c] for c in table.attrs.values()]).where(_keys_in(table, pt, keys)),
     )
     return table.statements

@@ -109,8 +109,6 @@ class VersionInfo:
 class Transaction(AsyncAttrs):
     """Base of the mapped transaction class: one row per database transaction with history."""
 
-    __history_info__: ClassVar[dict[str, Any]]
-
     if TYPE_CHECKING:
         id: Mapped[int]
         issued_at: Mapped[datetime]

@@ -51,11 +51,6 @@ PointInHistory = int | datetime | Transaction
 # --- points in history ------------------------------------------------------------------------
 
 
-def _transaction_table(info: VersionInfo) -> sa.Table:
-    table: sa.Table = info.transaction_class.__table__  # type: ignore[attr-defined]
-    return table
-
-
 def _as_transaction_id(
     at: PointInHistory, transactions: sa.Table, *, upper: bool
 ) -> int | sa.ScalarSelect[Any]:
@@ -98,7 +93,7 @@ def select_as_of(model: type[Any], at: PointInHistory) -> sa.Select[Any]:
     """Versions of ``model``'s rows as they were at ``at``; rows deleted by then are excluded."""
     info = _model_info(model)
     V = info.version_class
-    tx = _as_transaction_id(at, _transaction_table(info), upper=True)
+    tx = _as_transaction_id(at, info.tables[0].transaction_table, upper=True)
     return sa.select(V).where(_valid_at(V, tx), V.operation_type != Operation.DELETE)
 
 
@@ -255,7 +250,7 @@ def select_changes(
     ``(transaction_id, table, key_text)``. ``since``/``until`` are inclusive.
     """
     infos = _infos(classes)
-    transactions = _transaction_table(infos[0])
+    transactions = infos[0].tables[0].transaction_table
     ops = None if operations is None else [Operation(o) for o in operations]
     lower = None if since is None else _as_transaction_id(since, transactions, upper=False)
     upper = None if until is None else _as_transaction_id(until, transactions, upper=True)
