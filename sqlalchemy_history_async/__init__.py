@@ -1,41 +1,49 @@
-"""Async-first history tracking (versioning / audit) for SQLAlchemy 2.x."""
+"""Async-first history tracking (versioning / audit) for SQLAlchemy 2.x.
 
-from .context import versioning_context
-from .exceptions import ConfigurationError, NotVersionedError, RevertError, VersioningError
-from .manager import (
-    VersioningManager,
-    make_versioned,
-    parent_class,
-    remove_versioning,
-    transaction_class,
-    version_class,
-)
-from .models import Transaction, Version
-from .queries import (
+The public names are re-exported here once; the modules that define them are private.
+Coroutines have the plain name (``version_at``, ``changes_in``, ``stream_changes``,
+``Version.revert``); each has a sync twin of the same name with ``_sync``.
+"""
+
+from ._context import TransactionContext, current_context, versioning_context
+from ._exceptions import ConfigurationError, NotVersionedError, RevertError, VersioningError
+from ._feed import Change, select_changes, stream_changes, stream_changes_sync
+from ._manager import VersioningManager, make_versioned, remove_versioning
+from ._models import Transaction, Version, parent_class, transaction_class, version_class
+from ._options import ManagerOptions, ModelOptions
+from ._queries import (
+    PointInHistory,
     changes_in,
     changes_in_sync,
     diff,
     json_patch,
     select_as_of,
     select_changed,
-    select_changes,
     select_version_at,
-    stream_changes,
     version_at,
+    version_at_sync,
 )
-from .schema import Operation
+from ._schema import AwareDateTime, Operation, OperationType
 
 __all__ = [
+    "AwareDateTime",
+    "Change",
     "ConfigurationError",
+    "ManagerOptions",
+    "ModelOptions",
     "NotVersionedError",
     "Operation",
+    "OperationType",
+    "PointInHistory",
     "RevertError",
     "Transaction",
+    "TransactionContext",
     "Version",
     "VersioningError",
     "VersioningManager",
     "changes_in",
     "changes_in_sync",
+    "current_context",
     "diff",
     "json_patch",
     "make_versioned",
@@ -46,8 +54,18 @@ __all__ = [
     "select_changes",
     "select_version_at",
     "stream_changes",
+    "stream_changes_sync",
     "transaction_class",
     "version_at",
+    "version_at_sync",
     "version_class",
     "versioning_context",
 ]
+
+# Public classes and functions say they live here, so reprs, tracebacks and generated code
+# (e.g. Alembic migrations naming ``AwareDateTime``) point at the stable public path.
+for _name in __all__:
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith(__name__ + "._"):
+        _value.__module__ = __name__
+del _name, _value

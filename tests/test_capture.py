@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sqlalchemy_history_async import Operation, transaction_class, version_class
-from sqlalchemy_history_async.capture import SESSION_INFO_KEY
+from sqlalchemy_history_async._capture import SESSION_INFO_KEY
 
 from .conftest import StatementLog
 from .models import Models

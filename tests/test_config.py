@@ -30,7 +30,6 @@ from sqlalchemy_history_async import (
     transaction_class,
     version_class,
 )
-from sqlalchemy_history_async import capture as capture_module
 
 from .conftest import reset_schema
 
@@ -287,15 +286,16 @@ def test_make_versioned_after_remove_versioning(new_base: BaseFactory) -> None:
 def test_remove_versioning_without_manager_is_noop(new_base: BaseFactory) -> None:
     remove_versioning()
     remove_versioning()
-    assert not sa.event.contains(Session, "before_flush", capture_module.before_flush)
-    assert not sa.event.contains(Session, "after_flush", capture_module.after_flush)
 
     manager = make_versioned()
-    assert sa.event.contains(Session, "after_flush", capture_module.after_flush)
+    recorder = manager._recorder
+    assert sa.event.contains(Session, "before_flush", recorder.before_flush)
+    assert sa.event.contains(Session, "after_flush", recorder.after_flush)
     remove_versioning()
     remove_versioning()
     assert not manager.active
-    assert not sa.event.contains(Session, "after_flush", capture_module.after_flush)
+    assert not sa.event.contains(Session, "before_flush", recorder.before_flush)
+    assert not sa.event.contains(Session, "after_flush", recorder.after_flush)
 
 
 # --- version_class() / parent_class() ---------------------------------------------------------

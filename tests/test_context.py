@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sqlalchemy_history_async import transaction_class, versioning_context
-from sqlalchemy_history_async.context import TransactionContext, current_context
+from sqlalchemy_history_async import TransactionContext, current_context
 
 from .models import Models
 

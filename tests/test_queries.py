@@ -16,7 +16,7 @@ from sqlalchemy_history_async import (
     version_class,
     versioning_context,
 )
-from sqlalchemy_history_async.queries import (
+from sqlalchemy_history_async import (
     changes_in,
     diff,
     json_patch,

@@ -11,11 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sqlalchemy_history_async import version_class
-from sqlalchemy_history_async.queries import (
-    _select_feed_page,
-    select_changes,
-    select_version_at,
-)
+from sqlalchemy_history_async import select_changes, select_version_at
+from sqlalchemy_history_async._feed import _Pages
 
 from .conftest import DATABASES
 from .models import Models
@@ -100,9 +97,10 @@ async def test_change_feed_page_uses_indexes(models: Models, session: AsyncSessi
     assert rows[0].transaction_id == ROWS // 2
 
     last = rows[-1]
-    next_page = _select_feed_page(
-        None, (last.transaction_id, last.table, last.key_text), None, None, None, None
-    ).limit(500)
+    pages = _Pages(None, 500, None, None, None, None)
+    pages.cursor = (last.transaction_id, last.table, last.key_text)
+    next_page = pages.next_statement()
+    assert next_page is not None
     following = (await session.execute(next_page)).all()
     assert following[0].transaction_id == last.transaction_id + 1
 

@@ -19,11 +19,8 @@ from sqlalchemy_history_async import (
     version_class,
     versioning_context,
 )
-from sqlalchemy_history_async.schema import (
-    AwareDateTime,
-    build_transaction_table,
-    build_version_table,
-)
+from sqlalchemy_history_async import AwareDateTime
+from sqlalchemy_history_async._schema import build_transaction_table, build_version_table
 
 from .models import Models
 

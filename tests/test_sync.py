@@ -13,7 +13,7 @@ from sqlalchemy_history_async import (
     version_class,
     versioning_context,
 )
-from sqlalchemy_history_async.capture import SESSION_INFO_KEY
+from sqlalchemy_history_async._capture import SESSION_INFO_KEY
 
 from .models import Models
 

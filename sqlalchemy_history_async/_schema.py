@@ -1,4 +1,5 @@
-"""Pure table builders: a parent ``Table`` → its version ``Table``; the transaction ``Table``.
+"""Pure table builders and column types: a parent ``Table`` → its version ``Table``; the
+transaction ``Table``; the "version valid at transaction t" condition.
 
 Nothing here knows about sessions or mappers beyond the columns it is handed.
 """
@@ -17,18 +18,24 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "INFO_KEY",
+    "TRANSACTION_TABLE_NAME",
+    "VERSION_TABLE_SUFFIX",
     "AwareDateTime",
     "Operation",
     "OperationType",
     "build_transaction_table",
     "build_version_table",
     "copy_late_types",
+    "valid_at",
     "version_column",
+    "version_table_name",
 ]
 
 TRANSACTION_TABLE_NAME = "transaction"
 VERSION_TABLE_SUFFIX = "_version"
-# Marks the columns the library adds, so code can tell them from copied parent columns.
+#: The key under which the library keeps its facts in ``ClassManager.info`` and
+#: ``Session.info``.
 INFO_KEY = "sqlalchemy_history_async"
 
 
@@ -91,9 +98,10 @@ def build_transaction_table(
     *,
     user_id_column: sa.Column[Any] | None,
     user_id_type: sa.types.TypeEngine[Any],
+    name: str = TRANSACTION_TABLE_NAME,
     schema: str | None = None,
 ) -> sa.Table:
-    """Build the ``transaction`` table.
+    """Build the transaction table (``transaction`` unless ``name`` says otherwise).
 
     ``user_id`` references ``user_id_column`` when one is given; otherwise it is a plain
     nullable column of ``user_id_type``.
@@ -109,7 +117,7 @@ def build_transaction_table(
     else:
         user_id = sa.Column("user_id", user_id_type, nullable=True, index=True)
     return sa.Table(
-        TRANSACTION_TABLE_NAME,
+        name,
         metadata,
         sa.Column("id", _TransactionId, primary_key=True, autoincrement=True),
         sa.Column("issued_at", AwareDateTime(), nullable=False, index=True),
@@ -119,7 +127,6 @@ def build_transaction_table(
             "meta", sa.JSON(none_as_null=True).with_variant(_jsonb(), "postgresql"), nullable=True
         ),
         schema=schema,
-        info={INFO_KEY: "transaction"},
     )
 
 
@@ -149,7 +156,7 @@ def build_version_table(
         version_column(col, key=None if key_set is None else col.key in key_set) for col in columns
     ]
     tx_id = transaction_table.c.id
-    name = parent.name + VERSION_TABLE_SUFFIX
+    name = version_table_name(parent)
     table = sa.Table(
         name,
         parent.metadata,
@@ -165,7 +172,6 @@ def build_version_table(
         sa.Column("end_transaction_id", tx_id.type, nullable=True),
         sa.Column("operation_type", OperationType(), nullable=False),
         schema=parent.schema,
-        info={INFO_KEY: "version", "parent_table": parent.fullname},
     )
     if any(isinstance(c.type, sa.types.NullType) for c in copies):
         # A foreign key column declared without a type gets its type once its target table
@@ -187,6 +193,27 @@ def build_version_table(
 
 
 _PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
+
+
+def version_table_name(parent: sa.Table) -> str:
+    """The name of ``parent``'s version table (without schema)."""
+    return parent.name + VERSION_TABLE_SUFFIX
+
+
+def valid_at(columns: Any, tx: Any, *, deleted: bool = False) -> sa.ColumnElement[bool]:
+    """Versions in force at transaction ``tx``: ``transaction_id <= tx < end_transaction_id``.
+
+    ``columns`` is a version table's ``.c``, an alias's ``.c`` or a version class (anything
+    with ``transaction_id`` and ``end_transaction_id`` attributes). Versions that record a
+    delete are left out unless ``deleted`` is true: at ``tx`` the row did not exist.
+    """
+    condition = sa.and_(
+        columns.transaction_id <= tx,
+        sa.or_(columns.end_transaction_id.is_(None), columns.end_transaction_id > tx),
+    )
+    if deleted:
+        return condition
+    return sa.and_(condition, columns.operation_type != Operation.DELETE)
 
 
 def _copy_late_types(parent: sa.Table) -> Any:

@@ -1,7 +1,8 @@
-"""Typed, validated versioning options.
+"""Typed, validated versioning options: one frozen object per manager and per model.
 
-``__versioned__`` dictionaries are read once, when mappers configure, and turned into frozen
-:class:`ModelOptions`; nothing reads string-keyed options in the flush path.
+:class:`ManagerOptions` is validated when a manager is created; ``__versioned__`` dictionaries
+are read once, when a model is defined, and turned into frozen :class:`ModelOptions`. Nothing
+reads string-keyed options in the flush path.
 """
 
 from __future__ import annotations
@@ -13,9 +14,64 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import ColumnProperty, Mapper
 
-from .exceptions import ConfigurationError
+from ._exceptions import ConfigurationError
+from ._schema import TRANSACTION_TABLE_NAME
 
-__all__ = ["MODEL_OPTION_KEYS", "ModelOptions", "column_properties", "model_options"]
+__all__ = [
+    "MODEL_OPTION_KEYS",
+    "ManagerOptions",
+    "ModelOptions",
+    "UserClass",
+    "column_properties",
+    "model_options",
+]
+
+#: A user class given to a manager: a mapped class, its name, or ``None``.
+UserClass = type[Any] | str | None
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    """Options of one versioning manager, validated once when the manager is created.
+
+    ``user_cls`` (a mapped class or its name) makes ``user_id`` of the transaction table a
+    foreign key to its primary key; without it, ``user_id`` is a nullable column of
+    ``user_id_type`` (default: a ``String(255)`` that stores any id as text).
+    ``transaction_table`` names the manager's transaction table, ``transaction_schema`` its
+    schema (default: the MetaData's default schema).
+    """
+
+    user_cls: UserClass = None
+    user_id_type: sa.types.TypeEngine[Any] | None = None
+    transaction_table: str = TRANSACTION_TABLE_NAME
+    transaction_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        user_cls, user_id_type = self.user_cls, self.user_id_type
+        if user_cls is not None and not isinstance(user_cls, (str, type)):
+            raise ConfigurationError(
+                f"make_versioned(user_cls=...) takes a mapped class or its name, got {user_cls!r}"
+            )
+        if user_cls is not None and user_id_type is not None:
+            raise ConfigurationError(
+                "make_versioned() takes user_cls or user_id_type, not both: with a user class, "
+                "transaction.user_id has the type of its primary key"
+            )
+        if user_id_type is not None and not isinstance(user_id_type, sa.types.TypeEngine):
+            raise ConfigurationError(
+                "make_versioned(user_id_type=...) takes a SQLAlchemy type instance such as "
+                f"sa.Integer(), got {user_id_type!r}"
+            )
+        for option in ("transaction_table", "transaction_schema"):
+            value = getattr(self, option)
+            if value is None and option == "transaction_schema":
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigurationError(
+                    f"VersioningManager({option}=...) takes a non-empty table or schema name, "
+                    f"got {value!r}"
+                )
+
 
 #: The keys accepted in a model's ``__versioned__`` dictionary.
 MODEL_OPTION_KEYS = frozenset({"exclude", "track_relationships"})

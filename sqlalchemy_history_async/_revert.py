@@ -1,6 +1,7 @@
 """Revert: make a row look as it did at a given version, inside the caller's transaction.
 
-One synchronous implementation; the async face runs it through ``AsyncSession.run_sync``.
+One synchronous implementation working on a version object and its :class:`VersionInfo`;
+``Version.revert()`` runs it through ``AsyncSession.run_sync``.
 """
 
 from __future__ import annotations
@@ -9,17 +10,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import async_object_session
 from sqlalchemy.orm import Session
 
-from .exceptions import RevertError
-from .models import Version
-from .schema import Operation
+from ._exceptions import RevertError
+from ._info import VersionInfo
+from ._schema import Operation
 
-__all__ = ["revert_async", "revert_to"]
+__all__ = ["revert_sync"]
 
 
-def revert_to(version: Version, relations: Sequence[str] = ()) -> Any:
+def _info_of(obj: Any) -> VersionInfo | None:
+    """The info of a version object, ``None`` for any other object."""
+    info: VersionInfo | None = getattr(type(obj), "__history_info__", None)
+    return info
+
+
+def revert_sync(version: Any, relations: Sequence[str] = ()) -> Any:
     """Set the parent row's tracked columns to ``version``'s values and flush.
 
     Re-creates the row (same primary key) if it was deleted, and deletes it if ``version``
@@ -42,7 +48,8 @@ def revert_to(version: Version, relations: Sequence[str] = ()) -> Any:
             f"{type(version).__name__} is not attached to a session; load it with the session "
             "the revert should run in"
         )
-    info = version.__history_info__
+    info = _info_of(version)
+    assert info is not None
     relationships = info.parent_mapper.relationships
     for name in relations:
         if name not in relationships or not hasattr(type(version), name):
@@ -64,8 +71,9 @@ def revert_to(version: Version, relations: Sequence[str] = ()) -> Any:
     return target
 
 
-def _restore_row(session: Session, version: Version) -> Any:
-    info = version.__history_info__
+def _restore_row(session: Session, version: Any) -> Any:
+    info = _info_of(version)
+    assert info is not None
     key = tuple(getattr(version, a) for a in info.pk_attrs)
     target = session.get(info.parent, key)
     if version.operation_type is Operation.DELETE:
@@ -87,23 +95,12 @@ def _restore_row(session: Session, version: Version) -> Any:
 
 def _existing_or_restored(session: Session, related: Any) -> Any:
     """The live object of a related version (re-created if deleted); live objects as they are."""
-    if not isinstance(related, Version):
+    info = _info_of(related)
+    if info is None:
         return related  # the target class is not versioned: a current row
-    info = related.__history_info__
     existing = session.get(info.parent, tuple(getattr(related, a) for a in info.pk_attrs))
     return existing if existing is not None else _restore_row(session, related)
 
 
-def _revertible(info: Any, version_cls: type[Any]) -> list[str]:
+def _revertible(info: VersionInfo, version_cls: type[Any]) -> list[str]:
     return [r.key for r in info.parent_mapper.relationships if hasattr(version_cls, r.key)]
-
-
-async def revert_async(version: Version, relations: Sequence[str] = ()) -> Any:
-    """Async face of :func:`revert_to`, for a version loaded through an ``AsyncSession``."""
-    async_session = async_object_session(version)
-    if async_session is None:
-        raise RevertError(
-            f"{type(version).__name__} does not belong to an AsyncSession; "
-            "use version.revert_sync() with a sync Session"
-        )
-    return await async_session.run_sync(lambda _session: revert_to(version, relations))

@@ -10,100 +10,33 @@ either eager-loads or awaits ``version.awaitable_attrs.<name>`` — no hidden I/
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.ext.asyncio import AsyncAttrs, async_object_session
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, Mapper, foreign, relationship, remote
 from sqlalchemy.sql.elements import ColumnElement
 
-from .schema import Operation
+from ._exceptions import NotVersionedError, RevertError
+from ._info import VersionInfo, version_info
+from ._revert import revert_sync
+from ._schema import Operation
 
 __all__ = [
-    "LinkVersioning",
-    "TableVersioning",
+    "ParentT",
     "Transaction",
     "Version",
-    "VersionInfo",
     "map_transaction_class",
     "map_version_class",
+    "parent_class",
+    "transaction_class",
+    "version_class",
 ]
 
-
-@dataclass(eq=False)
-class TableVersioning:
-    """One table of a versioned model and the version table that records it."""
-
-    parent_table: sa.Table
-    version_table: sa.Table
-    transaction_table: sa.Table
-    #: attribute key → column key in ``parent_table`` (and ``version_table``), key first
-    attrs: dict[str, str]
-    #: column keys of this table's part of the row key, in the model's primary key order
-    key_columns: tuple[str, ...]
-    #: compiled-once statements used by the flush hook (see capture.py)
-    statements: dict[Any, Any] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class LinkVersioning:
-    """A many-to-many relationship of a versioned model and its versioned association table."""
-
-    #: the relationship's key on the model
-    key: str
-    table: TableVersioning
-    #: association column key → attribute key on the model (the model's side of a link)
-    local_attrs: dict[str, str]
-    #: association column key → attribute key on the related class
-    remote_attrs: dict[str, str]
-
-
-@dataclass(eq=False)
-class VersionInfo:
-    """What the library knows about one versioned model.
-
-    Stored in the ``ClassManager.info`` of both the model and its version class. A model of a
-    joined-table hierarchy has one :class:`TableVersioning` per table, base table first; a
-    single-table subclass shares its base's.
-    """
-
-    parent: type[Any]
-    parent_mapper: Mapper[Any]
-    transaction_class: type[Transaction]
-    #: tracked attribute keys of the model, primary key first
-    attrs: tuple[str, ...]
-    #: attribute keys of the primary key, in the mapper's primary key order
-    pk_attrs: tuple[str, ...]
-    tables: tuple[TableVersioning, ...]
-    #: the versioned base class's info (``None`` for the base itself)
-    base: VersionInfo | None = None
-    #: relationships whose changes alone record a version (``track_relationships``)
-    tracked_relationships: tuple[str, ...] = ()
-    #: many-to-many relationships whose links are versioned (set once mappers configure)
-    links: list[LinkVersioning] = field(default_factory=list)
-    version_class: type[Version] = field(init=False)
-    attr_set: frozenset[str] = field(init=False)
-    #: attributes whose change records a version: tracked columns and tracked relationships
-    watched: frozenset[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.attr_set = frozenset(self.attrs)
-        self.watched = self.attr_set | frozenset(self.tracked_relationships)
-
-    @property
-    def root(self) -> VersionInfo:
-        """The info of the topmost versioned class of the hierarchy."""
-        return self if self.base is None else self.base.root
-
-    def column(self, attr: str) -> sa.Column[Any]:
-        """The version-table column recording ``attr``."""
-        for table in reversed(self.tables):
-            if attr in table.attrs:
-                return table.version_table.c[table.attrs[attr]]
-        raise KeyError(attr)
+#: The versioned model a version class records.
+ParentT = TypeVar("ParentT")
 
 
 class Transaction(AsyncAttrs):
@@ -115,6 +48,8 @@ class Transaction(AsyncAttrs):
         user_id: Mapped[Any]
         remote_addr: Mapped[str | None]
         meta: Mapped[dict[str, Any] | None]
+        #: the user class's object (only with ``user_cls``; ``None`` when no user was set)
+        user: Mapped[Any]
 
     def __repr__(self) -> str:
         return (
@@ -123,11 +58,13 @@ class Transaction(AsyncAttrs):
         )
 
 
-class Version(AsyncAttrs):
-    """Base of every version class; ``version_class(Model)`` returns a subclass.
+class Version(AsyncAttrs, Generic[ParentT]):
+    """Base of every version class; ``version_class(Model)`` returns a ``Version[Model]``.
 
     A version carries the tracked columns of its model (same attribute names), plus
     ``transaction_id``, ``end_transaction_id`` (``None`` while current) and ``operation_type``.
+    Under mypy with the ``sqlalchemy_history_async.mypy`` plugin, the model's columns are
+    typed on its version class; without it they are ``Any``.
     """
 
     __history_info__: ClassVar[VersionInfo]
@@ -137,11 +74,11 @@ class Version(AsyncAttrs):
         end_transaction_id: Mapped[int | None]
         operation_type: Mapped[Operation]
         transaction: Mapped[Transaction]
-        previous: Mapped[Version | None]
-        next: Mapped[Version | None]
+        previous: Mapped[Version[ParentT] | None]
+        next: Mapped[Version[ParentT] | None]
         index: Mapped[int]
 
-        # Tracked columns of the model are set up at configure time.
+        # Tracked columns of the model are set up at configure time (typed by the plugin).
         def __getattr__(self, name: str) -> Any: ...
 
     @hybrid_property
@@ -171,22 +108,35 @@ class Version(AsyncAttrs):
                 changes[attr] = [old, new]
         return changes
 
-    async def revert(self, relations: Sequence[str] = ()) -> Any:
+    async def revert(self, relations: Sequence[str] = ()) -> ParentT | None:
         """Make the row look as it did at this version, inside the caller's transaction.
 
-        ``relations`` names relationships to restore as well (links and related rows as they
-        were at this version). See :func:`sqlalchemy_history_async.revert.revert_to`. Needs the
-        version to belong to an ``AsyncSession``; the change is flushed, never committed.
+        Sets the row's tracked columns to this version's values and flushes: re-creates the row
+        (same primary key) if it was deleted, and deletes it if this version records a delete.
+        Columns excluded from versioning keep their current values. Never commits: the
+        caller's commit records the change as a new version; a rollback undoes it.
+
+        ``relations`` names relationships to restore as well: the related rows the model had
+        at this version (its temporal relationship of the same name) become its related rows
+        again — links re-created or removed, deleted related rows re-created from their
+        versions; related rows that still exist keep their current values.
+
+        Returns the model object; for a delete version, the deleted object, or ``None`` when
+        the row did not exist. Needs the version to belong to an ``AsyncSession``; use
+        :meth:`revert_sync` with a sync ``Session``.
         """
-        from .revert import revert_async
+        async_session = async_object_session(self)
+        if async_session is None:
+            raise RevertError(
+                f"{type(self).__name__} does not belong to an AsyncSession; "
+                "use version.revert_sync() with a sync Session"
+            )
+        return await async_session.run_sync(lambda _: self.revert_sync(relations))
 
-        return await revert_async(self, relations)
-
-    def revert_sync(self, relations: Sequence[str] = ()) -> Any:
-        """Like :meth:`revert`, for a version that belongs to a sync ``Session``."""
-        from .revert import revert_to
-
-        return revert_to(self, relations)
+    def revert_sync(self, relations: Sequence[str] = ()) -> ParentT | None:
+        """:meth:`revert` for a version that belongs to a sync ``Session``."""
+        target: ParentT | None = revert_sync(self, relations)
+        return target
 
     def __repr__(self) -> str:
         info = self.__history_info__
@@ -210,7 +160,7 @@ def map_transaction_class(
     return cls
 
 
-def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Version]:
+def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Version[Any]]:
     """Create the version class of ``info.parent`` and map it on ``registry``.
 
     The version classes mirror the model's hierarchy: a subclass's version class subclasses its
@@ -221,7 +171,7 @@ def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Vers
     ``versions`` relationship.
     """
     parent = info.parent
-    base_cls: type[Version] = Version if info.base is None else info.base.version_class
+    base_cls: type[Version[Any]] = Version if info.base is None else info.base.version_class
     cls = type(
         f"{parent.__name__}Version",
         (base_cls,),
@@ -286,7 +236,7 @@ def _discriminator(mapper: Mapper[Any]) -> str:
     raise KeyError(str(column))
 
 
-def _root_properties(info: VersionInfo, cls: type[Version]) -> dict[str, Any]:
+def _root_properties(info: VersionInfo, cls: type[Version[Any]]) -> dict[str, Any]:
     table = info.tables[0]
     vt = table.version_table
     key = [vt.c[c] for c in table.key_columns]
@@ -330,7 +280,7 @@ def _root_properties(info: VersionInfo, cls: type[Version]) -> dict[str, Any]:
     return properties
 
 
-def _add_versions_relationship(info: VersionInfo, cls: type[Version]) -> None:
+def _add_versions_relationship(info: VersionInfo, cls: type[Version[Any]]) -> None:
     table = info.tables[0]
     vt = table.version_table
     pairs = [table.parent_table.c[c] == foreign(vt.c[c]) for c in table.key_columns]
@@ -344,3 +294,27 @@ def _add_versions_relationship(info: VersionInfo, cls: type[Version]) -> None:
             viewonly=True,
         ),
     )
+
+
+# --- lookups ----------------------------------------------------------------------------------
+
+
+def version_class(model: type[ParentT]) -> type[Version[ParentT]]:
+    """Return the version class of a versioned model (configuring mappers if needed)."""
+    info = version_info(model)
+    if issubclass(model, Version):
+        raise NotVersionedError(f"{model.__name__} is a version class, not a versioned model")
+    return info.version_class
+
+
+def parent_class(version_cls: type[Version[ParentT]]) -> type[ParentT]:
+    """Return the model a version class records."""
+    if not (isinstance(version_cls, type) and issubclass(version_cls, Version)):
+        raise NotVersionedError(f"{version_cls!r} is not a version class")
+    parent: type[ParentT] = version_info(version_cls).parent
+    return parent
+
+
+def transaction_class(cls: type[Any]) -> type[Transaction]:
+    """Return the transaction class used by a versioned model (or by its version class)."""
+    return version_info(cls).transaction_class

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, foreign, relationship, remote
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
-from .models import LinkVersioning, Version, VersionInfo
-from .schema import INFO_KEY, Operation
+from ._info import LinkVersioning, VersionInfo
+from ._models import Version
+from ._schema import INFO_KEY, valid_at
 
 __all__ = ["add_temporal_relationships"]
 
@@ -69,15 +70,7 @@ def _temporal_twin(info: VersionInfo, rel: RelationshipProperty[Any]) -> Any:
     ]
     if target is not None:
         tx = info.tables[0].version_table.c.transaction_id
-        target_vt = target.tables[0].version_table
-        criteria += [
-            remote(target_vt.c.transaction_id) <= tx,
-            sa.or_(
-                remote(target_vt.c.end_transaction_id).is_(None),
-                remote(target_vt.c.end_transaction_id) > tx,
-            ),
-            remote(target_vt.c.operation_type) != Operation.DELETE,
-        ]
+        criteria.append(valid_at(_Remote(target.tables[0].version_table), tx))
     return relationship(
         target_cls,
         primaryjoin=sa.and_(*criteria),
@@ -87,12 +80,13 @@ def _temporal_twin(info: VersionInfo, rel: RelationshipProperty[Any]) -> Any:
     )
 
 
-def _valid_at(table: Any, tx: Any) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        table.c.transaction_id <= tx,
-        sa.or_(table.c.end_transaction_id.is_(None), table.c.end_transaction_id > tx),
-        table.c.operation_type != Operation.DELETE,
-    )
+class _Remote:
+    """A version table's bookkeeping columns annotated ``remote()`` for a relationship join."""
+
+    def __init__(self, table: sa.Table) -> None:
+        self.transaction_id = remote(table.c.transaction_id)
+        self.end_transaction_id = remote(table.c.end_transaction_id)
+        self.operation_type = remote(table.c.operation_type)
 
 
 def _many_to_many_twin(
@@ -125,7 +119,7 @@ def _many_to_many_twin(
                     owner.c[info.column(a).key] == assoc.c[col]
                     for col, a in link.local_attrs.items()
                 ],
-                _valid_at(assoc, owner.c.transaction_id),
+                valid_at(assoc.c, owner.c.transaction_id),
             ),
         )
         .subquery(f"{assoc.name}_at")
@@ -147,7 +141,7 @@ def _many_to_many_twin(
         target_cls = target.version_class
         secondaryjoin = sa.and_(
             *[target.column(a) == links_at.c[col] for col, a in link.remote_attrs.items()],
-            _valid_at(target.tables[0].version_table, at),
+            valid_at(target.tables[0].version_table.c, at),
         )
     return relationship(
         target_cls,

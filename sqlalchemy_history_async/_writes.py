@@ -1,0 +1,309 @@
+"""The statements that write history, and the one driver that runs them.
+
+A flush's history is a :class:`Plan` per version table: which keys each :class:`Step` touches,
+plus the last values of deleted rows. :data:`STEP_ORDER` is the one place the order of the
+steps is spelled out; :class:`Writer` runs the plans either as one statement per step
+(compiled once per table, :class:`TableStatements`) or, on PostgreSQL, as ONE statement of
+chained data-modifying CTEs built from the same step statements (one round trip per flush).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from ._context import current_context
+from ._info import TableVersioning, VersionInfo
+from ._schema import Operation, copy_late_types
+
+__all__ = ["STEP_ORDER", "Key", "Plan", "Row", "Step", "TableStatements", "Writer"]
+
+#: Keys per statement: keeps every backend's bound-parameter limit out of reach.
+CHUNK = 1000
+
+Key = tuple[Any, ...]
+Row = dict[str, Any]
+
+
+class Step(enum.Enum):
+    """One set-based history statement for a set of keys of one version table."""
+
+    #: remove this transaction's own version rows of keys written again (replaced below)
+    DROP = "drop"
+    #: the net change of the transaction vanished: the previous version is current again
+    REOPEN = "reopen"
+    #: the key's first version in this transaction: close the version open until now
+    CLOSE = "close"
+    #: copy inserted rows from the parent table (what the database holds, defaults included)
+    COPY_INSERT = "copy_insert"
+    #: copy updated rows from the parent table
+    COPY_UPDATE = "copy_update"
+
+    @property
+    def operation(self) -> Operation | None:
+        """The operation a copy step records (``None`` for the other steps)."""
+        return _COPY_OPERATIONS.get(self)
+
+
+_COPY_OPERATIONS = {Step.COPY_INSERT: Operation.INSERT, Step.COPY_UPDATE: Operation.UPDATE}
+
+#: The order of the steps, for every table and both ways of running them. A replaced row must
+#: be gone before its key is written again, and a version must be closed before the next one
+#: is inserted (the unique "current version" index would reject it otherwise). Deleted rows'
+#: last values are inserted after all of them.
+STEP_ORDER = (Step.DROP, Step.REOPEN, Step.CLOSE, Step.COPY_INSERT, Step.COPY_UPDATE)
+
+
+@dataclass
+class Plan:
+    """What one flush writes to one version table."""
+
+    table: TableVersioning
+    keys: dict[Step, list[Key]] = field(default_factory=lambda: {s: [] for s in STEP_ORDER})
+    #: last values of deleted rows, by column key
+    deleted: list[Row] = field(default_factory=list)
+
+    @property
+    def writes(self) -> bool:
+        """Whether version rows are added (which needs a transaction row)."""
+        return bool(self.deleted) or any(
+            self.keys[s] for s in (Step.CLOSE, Step.COPY_INSERT, Step.COPY_UPDATE)
+        )
+
+    def steps(self) -> Iterator[tuple[Step, list[Key]]]:
+        """The steps that have keys, in :data:`STEP_ORDER`."""
+        for step in STEP_ORDER:
+            if self.keys[step]:
+                yield step, self.keys[step]
+
+    @property
+    def combinable(self) -> bool:
+        """Whether it fits in one combined statement (keys within one chunk, no deletes)."""
+        return not self.deleted and all(len(keys) <= CHUNK for keys in self.keys.values())
+
+
+@dataclass(frozen=True)
+class TableStatements:
+    """The statements of one version table, built once with bound parameters only."""
+
+    steps: dict[Step, sa.Executable]
+    #: current tracked values of the parent rows with the given keys
+    load: sa.Select[Any]
+    #: executemany INSERT of deleted rows' last values
+    insert_deleted: sa.Insert
+
+
+#: A combined statement's shape: a new transaction row or not, and its (table, step) list;
+#: with each table's revision, so a table that gained columns gets a new statement.
+Shape = tuple[bool, tuple[tuple[TableVersioning, Step], ...], tuple[int, ...]]
+
+
+class Writer:
+    """The history statements of one manager's tables, built once, and the driver."""
+
+    def __init__(self) -> None:
+        self._tables: dict[TableVersioning, tuple[int, TableStatements]] = {}
+        self._combined: dict[Shape, sa.Select[Any]] = {}
+
+    def write(self, session: Session, transaction_id: int | None, plans: list[Plan]) -> int | None:
+        """Run ``plans`` in the session's transaction; return the transaction row's id.
+
+        The transaction row is inserted with the first version row (``transaction_id`` is
+        ``None`` until then).
+        """
+        first = plans[0].table
+        connection = session.connection(bind_arguments={"clause": first.parent_table})
+        if connection.dialect.name == "postgresql" and all(p.combinable for p in plans):
+            return self._write_combined(connection, transaction_id, plans)
+        for plan in plans:
+            connection = session.connection(bind_arguments={"clause": plan.table.parent_table})
+            if transaction_id is None and plan.writes:
+                transaction_id = insert_transaction(connection, plan.table.transaction_table)
+            self._write_one(connection, transaction_id, plan)
+        return transaction_id
+
+    def delete_transaction(self, session: Session, table: TableVersioning, tx: int) -> None:
+        """Remove a transaction row whose versions all cancelled out."""
+        transactions = table.transaction_table
+        connection = session.connection(bind_arguments={"clause": table.parent_table})
+        connection.execute(sa.delete(transactions).where(transactions.c.id == tx))
+
+    def load_values(
+        self, connection: Connection, info: VersionInfo, keys: Sequence[Key]
+    ) -> dict[Key, dict[str, Any]]:
+        """Current values of ``info``'s tracked attributes for ``keys``, one query per table."""
+        out: dict[Key, dict[str, Any]] = {}
+        for table in info.tables:
+            stmt = self.statements(table).load
+            for start in range(0, len(keys), CHUNK):
+                chunk = _bind_keys(keys[start : start + CHUNK])
+                for row in connection.execute(stmt, {"_keys": chunk}).mappings():
+                    key = tuple(row[c] for c in table.key_columns)
+                    out.setdefault(key, {}).update(
+                        {a: row[c] for a, c in table.attrs.items() if a in info.attr_set}
+                    )
+        return out
+
+    def statements(self, table: TableVersioning) -> TableStatements:
+        """The statements of ``table`` (built on first use)."""
+        cached = self._tables.get(table)
+        if cached is None or cached[0] != table.revision:
+            cached = self._tables[table] = (table.revision, _table_statements(table))
+        return cached[1]
+
+    def _write_one(self, connection: Connection, tx: int | None, plan: Plan) -> None:
+        """Run a plan as one statement per step (executemany for deleted rows)."""
+        statements = self.statements(plan.table)
+        for step, keys in plan.steps():
+            for start in range(0, len(keys), CHUNK):
+                chunk = _bind_keys(keys[start : start + CHUNK])
+                connection.execute(statements.steps[step], {"_tx": tx, "_keys": chunk})
+        if plan.deleted:
+            for row in plan.deleted:
+                row["transaction_id"] = tx
+                row["operation_type"] = Operation.DELETE
+            connection.execute(statements.insert_deleted, plan.deleted)
+
+    def _write_combined(
+        self, connection: Connection, transaction_id: int | None, plans: list[Plan]
+    ) -> int | None:
+        """Run every plan of a flush as ONE statement of chained data-modifying CTEs.
+
+        For one-row commits the history statements are the whole cost, so this turns three
+        round trips (transaction row, closing UPDATE, version INSERT) into one. The statement
+        is built once per shape of flush (which steps, on which tables) and reused.
+        """
+        new_transaction = transaction_id is None and any(p.writes for p in plans)
+        steps: list[tuple[TableVersioning, Step]] = []
+        params: dict[str, Any] = {}
+        for plan in plans:
+            for step, keys in plan.steps():
+                params[f"_k{len(steps)}"] = _bind_keys(keys)
+                steps.append((plan.table, step))
+        if not steps:
+            return transaction_id
+        shape: Shape = (new_transaction, tuple(steps), tuple(t.revision for t, _ in steps))
+        stmt = self._combined.get(shape)
+        if stmt is None:
+            stmt = self._combined[shape] = _combined_statement(plans[0].table, shape)
+        if new_transaction:
+            params.update({f"_t_{k}": v for k, v in transaction_values().items()})
+        else:
+            params["_tx"] = transaction_id
+        result = connection.execute(stmt, params)
+        return int(result.scalar_one()) if new_transaction else transaction_id
+
+
+def _step_statement(
+    table: TableVersioning,
+    step: Step,
+    keys: Any,
+    tx: Any,
+    after: sa.ColumnElement[bool] | None = None,
+) -> sa.Insert | sa.Update | sa.Delete:
+    """The statement of ``step`` for ``keys`` of ``table``, recording transaction ``tx``.
+
+    ``after`` is an extra condition (the combined statement's ordering between CTEs).
+    """
+    vt, pt = table.version_table, table.parent_table
+    extra = [] if after is None else [after]
+    op = step.operation
+    if op is not None:
+        cols = list(table.attrs.values())
+        source = sa.select(
+            *[pt.c[c] for c in cols], tx, sa.literal_column(str(int(op)), sa.SmallInteger)
+        ).where(_keys_in(table, pt, keys), *extra)
+        return sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
+    if step is Step.DROP:
+        return sa.delete(vt).where(_keys_in(table, vt, keys), vt.c.transaction_id == tx, *extra)
+    if step is Step.REOPEN:
+        return (
+            sa.update(vt)
+            .where(_keys_in(table, vt, keys), vt.c.end_transaction_id == tx, *extra)
+            .values(end_transaction_id=None)
+        )
+    assert step is Step.CLOSE, step
+    return (
+        sa.update(vt)
+        .where(_keys_in(table, vt, keys), vt.c.end_transaction_id.is_(None), *extra)
+        .values(end_transaction_id=tx)
+    )
+
+
+def _table_statements(table: TableVersioning) -> TableStatements:
+    pt = table.parent_table
+    copy_late_types(pt, table.version_table)
+    keys: Any = sa.bindparam("_keys", expanding=True)
+    tx = sa.bindparam("_tx", type_=table.version_table.c.transaction_id.type)
+    return TableStatements(
+        steps={step: _step_statement(table, step, keys, tx) for step in STEP_ORDER},
+        load=sa.select(*[pt.c[c] for c in table.attrs.values()]).where(_keys_in(table, pt, keys)),
+        insert_deleted=sa.insert(table.version_table),
+    )
+
+
+def _combined_statement(first: TableVersioning, shape: Shape) -> sa.Select[Any]:
+    new_transaction, steps, _ = shape
+    transactions = first.transaction_table
+    ctes: list[Any] = []
+    tx: Any
+    if new_transaction:
+        tx_cte = (
+            sa.insert(transactions)
+            .values({k: sa.bindparam(f"_t_{k}") for k in transaction_values()})
+            .returning(transactions.c.id)
+            .cte("history_transaction")
+        )
+        ctes.append(tx_cte)
+        tx = sa.select(tx_cte.c.id).scalar_subquery()
+    else:
+        tx = sa.bindparam("_tx", type_=transactions.c.id.type)
+    for i, (table, step) in enumerate(steps):
+        copy_late_types(table.parent_table, table.version_table)
+        after = _after(ctes[-1]) if ctes else None
+        stmt = _step_statement(table, step, sa.bindparam(f"_k{i}", expanding=True), tx, after)
+        ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{i}"))
+    final = sa.select(ctes[0].c.id) if new_transaction else sa.select(sa.literal_column("1"))
+    return final.add_cte(*ctes)
+
+
+def _after(previous: Any) -> sa.ColumnElement[bool]:
+    """A condition that makes a CTE wait until ``previous`` has run (by counting its rows)."""
+    return sa.select(sa.func.count()).select_from(previous).scalar_subquery() >= 0
+
+
+def _bind_keys(keys: Sequence[Key]) -> list[Any]:
+    return [k[0] for k in keys] if len(keys[0]) == 1 else list(keys)
+
+
+def _keys_in(table: TableVersioning, t: sa.Table, keys: Any) -> sa.ColumnElement[bool]:
+    cols = [t.c[k] for k in table.key_columns]
+    target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+    return target.in_(keys)
+
+
+def transaction_values() -> dict[str, Any]:
+    """The values of a new transaction row: now, and the context in force."""
+    ctx = current_context()
+    return {
+        "issued_at": datetime.now(timezone.utc),
+        "user_id": ctx.user_id,
+        "remote_addr": ctx.remote_addr,
+        "meta": dict(ctx.meta) or None,
+    }
+
+
+def insert_transaction(connection: Connection, transactions: sa.Table) -> int:
+    """Insert a transaction row; return its id."""
+    # Values go as parameters, not .values(), so the compiled INSERT is cached and reused.
+    result = connection.execute(sa.insert(transactions), transaction_values())
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
