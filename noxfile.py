@@ -6,10 +6,10 @@
     nox -s lint                          # ruff + mypy only
     nox -s demo                          # run examples/quickstart.py
 
-The test suite starts its own throwaway PostgreSQL and MariaDB servers (see
-``tests/pgserver.py`` and ``tests/mariadbserver.py``). Set ``HISTORY_TEST_DATABASES`` to
-choose the backends, e.g. ``HISTORY_TEST_DATABASES=sqlite,postgresql`` to skip MariaDB; the
-variable reaches pytest unchanged because sessions inherit the environment.
+The test suite starts its own throwaway PostgreSQL and MariaDB servers (see ``devservers/``,
+shared with the benchmarks). Set ``HISTORY_TEST_DATABASES`` to choose the backends, e.g.
+``HISTORY_TEST_DATABASES=sqlite,postgresql`` to skip MariaDB; the variable reaches pytest
+unchanged because sessions inherit the environment.
 """
 
 from __future__ import annotations

@@ -14,18 +14,60 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy_history_async import make_versioned, version_class
-from sqlalchemy_history_async.queries import select_changed
-from tests.models import define_models
-from tests.pgserver import start_postgres
-from tests.test_query_plans import fill
+from devservers import start_postgres
+from sqlalchemy_history_async import make_versioned, select_changed, version_class
+
+ROWS = 100_000
+ARTICLES = 20_000
+
+
+def define_article() -> type[Any]:
+    """The versioned model whose version table ``fill`` fills; call after ``make_versioned()``."""
+
+    class Base(AsyncAttrs, DeclarativeBase):
+        pass
+
+    class Article(Base):
+        __tablename__ = "article"
+        __versioned__: ClassVar[dict[str, Any]] = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(200))
+        status: Mapped[str] = mapped_column(sa.String(20), default="draft")
+
+    return Article
+
+
+async def fill(session: AsyncSession) -> None:
+    """ROWS transactions, each writing one version of one of ARTICLES rows."""
+    await session.execute(
+        sa.text(
+            "INSERT INTO transaction (id, issued_at) "
+            "SELECT n, TIMESTAMPTZ '2026-01-01' + n * INTERVAL '1 second' "
+            "FROM generate_series(1, :rows) AS n"
+        ),
+        {"rows": ROWS},
+    )
+    await session.execute(
+        sa.text(
+            "INSERT INTO article_version "
+            "(id, title, status, transaction_id, end_transaction_id, operation_type) "
+            "SELECT (n - 1) % :articles + 1, 'title ' || n, 'draft', n, "
+            "CASE WHEN n + :articles <= :rows THEN n + :articles END, "
+            "CASE WHEN n <= :articles THEN 0 ELSE 1 END "
+            "FROM generate_series(1, :rows) AS n"
+        ),
+        {"rows": ROWS, "articles": ARTICLES},
+    )
+    await session.commit()
+    await session.execute(sa.text("ANALYZE"))
 
 
 async def median_ms(session: AsyncSession, stmt: sa.Select[Any], repeats: int) -> float:
@@ -38,13 +80,13 @@ async def median_ms(session: AsyncSession, stmt: sa.Select[Any], repeats: int) -
 
 
 async def main(url: str) -> None:
-    make_versioned(user_cls="User")
-    models = define_models()
+    make_versioned()
+    Article = define_article()
     sa.orm.configure_mappers()
-    V = version_class(models.Article)
+    V = version_class(Article)
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.run_sync(models.Base.metadata.create_all)
+        await conn.run_sync(Article.metadata.create_all)
     async with async_sessionmaker(engine)() as s:
         await fill(s)
         await s.execute(
@@ -62,7 +104,7 @@ async def main(url: str) -> None:
         await s.commit()
         await s.execute(sa.text("ANALYZE"))
         flag = sa.text("article_version.title_mod")
-        changed = select_changed(models.Article, "title")
+        changed = select_changed(Article, "title")
         cases = [
             ("one row", changed.where(V.id == 777), sa.select(V).where(V.id == 777, flag), 200),
             (
@@ -87,8 +129,5 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    server = start_postgres()
-    try:
+    with start_postgres() as server:
         asyncio.run(main(server.url))
-    finally:
-        server.stop()

@@ -133,8 +133,7 @@ def _build_plain() -> Mode:
 
 
 def _build_ours() -> Mode:
-    from sqlalchemy_history_async import make_versioned, version_class
-    from sqlalchemy_history_async.queries import select_version_at
+    from sqlalchemy_history_async import make_versioned, select_version_at, version_class
 
     make_versioned()
     Base, Article = _define_models(versioned=True)

@@ -442,7 +442,7 @@ def markdown(summary: dict[str, Any], png_name: str) -> str:
         "",
         "The `bench` nox session installs the library, builds one virtualenv per competitor under",
         "`.nox/bench-envs/` (reused while their pins are unchanged) and starts a throwaway",
-        "PostgreSQL server (`tests/pgserver.py`). Each run also writes every measurement to",
+        "PostgreSQL server (`devservers/postgres.py`). Each run also writes every measurement to",
         "`benchmarks/results/<time>.json`. `python benchmarks/worker.py --help` runs a single",
         "measurement, and `python benchmarks/profile_ours.py` profiles ours on W1 and W2.",
         "The competitors' slowest modes take most of a full run's time"

@@ -144,7 +144,7 @@ def prepare_interpreters(modes: list[str], root: Path) -> tuple[dict[str, str], 
 
 def start_postgres() -> Any:
     sys.path.insert(0, str(REPO))
-    from tests.pgserver import start_postgres as start
+    from devservers import start_postgres as start
 
     server = start()
     _pin_server(server)

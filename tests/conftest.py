@@ -2,9 +2,9 @@
 MariaDB (asyncmy).
 
 ``HISTORY_TEST_DATABASES`` selects databases (default ``sqlite,postgresql,mariadb``).
-PostgreSQL and MariaDB are throwaway servers started for the run (``tests/pgserver.py``,
-``tests/mariadbserver.py``), or ``HISTORY_TEST_PG_URL`` / ``HISTORY_TEST_MARIADB_URL`` when
-set. If a selected server cannot be started, the run fails: it never skips silently.
+PostgreSQL and MariaDB are throwaway servers started for the run (``devservers/`` at the
+repository root), or ``HISTORY_TEST_PG_URL`` / ``HISTORY_TEST_MARIADB_URL`` when set. If a
+selected server cannot be started, the run fails: it never skips silently.
 Sync-``Session`` tests use sqlite3, psycopg and PyMySQL on the same databases.
 """
 
@@ -59,7 +59,7 @@ def pg_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from .pgserver import start_postgres
+    from devservers import start_postgres
 
     server = start_postgres()
     try:
@@ -75,7 +75,7 @@ def mariadb_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from .mariadbserver import start_mariadb
+    from devservers import start_mariadb
 
     server = start_mariadb()
     try:
