@@ -21,7 +21,6 @@ snapshot, matching what the database undid.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,18 +74,15 @@ class UnitOfWork:
 class Recorder:
     """Records the ORM writes of one manager's models; its methods are the event listeners.
 
-    ``in_scope`` tells whether a mapper belongs to the manager's scope: a model there that
-    declares ``__versioned__`` but has no version class makes the flush fail loudly instead of
+    A flush that writes a model declaring ``__versioned__`` that no manager built a version
+    class for (it was defined before versioning was turned on) fails loudly instead of
     recording nothing.
     """
 
-    def __init__(
-        self, writer: Writer, catalog: Catalog, in_scope: Callable[[Mapper[Any]], bool]
-    ) -> None:
+    def __init__(self, writer: Writer, catalog: Catalog) -> None:
         self.writer = writer
         self._catalog = catalog
-        self._in_scope = in_scope
-        self._unversioned: dict[type[Any], bool] = {}
+        self._recordable: set[type[Any]] = set()  # classes that passed _check_versioned
 
     # --- per-session state ------------------------------------------------------------------
 
@@ -231,19 +227,15 @@ class Recorder:
 
     def _check_versioned(self, state: InstanceState[Any]) -> None:
         cls = state.class_
-        refused = self._unversioned.get(cls)
-        if refused is None:
-            refused = self._unversioned[cls] = (
-                hasattr(cls, "__versioned__")
-                and INFO_KEY not in state.manager.info
-                and self._in_scope(state.mapper)
-            )
-        if refused:
+        if cls in self._recordable:
+            return
+        if hasattr(cls, "__versioned__") and INFO_KEY not in state.manager.info:
             raise ConfigurationError(
                 f"{cls.__name__} declares __versioned__ but has no version class, so this flush "
                 "would record no history for it: it was mapped before make_versioned() (or "
                 "manager.install()) was called; call it before the models are defined"
             )
+        self._recordable.add(cls)
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         """Write the history of this flush: a few set-based statements per version table."""

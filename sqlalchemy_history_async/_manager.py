@@ -57,7 +57,7 @@ class VersioningManager:
         )
         self.catalog = Catalog()
         self._writer = Writer()
-        self._recorder = Recorder(self._writer, self.catalog, self._in_scope)
+        self._recorder = Recorder(self._writer, self.catalog)
         self._builder = Builder(self.options, self.catalog, self._listen_model)
         self._registry: sa.orm.registry | None = None
         self._installed = False

@@ -9,8 +9,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sqlalchemy_history_async import transaction_class, versioning_context
-from sqlalchemy_history_async import TransactionContext, current_context
+from sqlalchemy_history_async import (
+    TransactionContext,
+    current_context,
+    transaction_class,
+    versioning_context,
+)
 
 from .models import Models
 

@@ -12,11 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy_history_async import (
     Operation,
     VersioningError,
-    transaction_class,
-    version_class,
-    versioning_context,
-)
-from sqlalchemy_history_async import (
     changes_in,
     diff,
     json_patch,
@@ -25,7 +20,10 @@ from sqlalchemy_history_async import (
     select_changes,
     select_version_at,
     stream_changes,
+    transaction_class,
     version_at,
+    version_class,
+    versioning_context,
 )
 
 from .conftest import StatementLog

@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sqlalchemy_history_async import version_class
-from sqlalchemy_history_async import select_changes, select_version_at
+from sqlalchemy_history_async import select_changes, select_version_at, version_class
 from sqlalchemy_history_async._feed import _Pages
 
 from .conftest import DATABASES

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from sqlalchemy_history_async import (
+    AwareDateTime,
     Operation,
     Transaction,
     Version,
@@ -19,7 +20,6 @@ from sqlalchemy_history_async import (
     version_class,
     versioning_context,
 )
-from sqlalchemy_history_async import AwareDateTime
 from sqlalchemy_history_async._schema import build_transaction_table, build_version_table
 
 from .models import Models
