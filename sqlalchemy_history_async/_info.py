@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
 
-from ._exceptions import NotVersionedError, VersioningError
+from ._exceptions import ConfigurationError, NotVersionedError
 from ._options import ModelOptions
 from ._schema import INFO_KEY
 
@@ -136,9 +136,9 @@ class _Default:
 def default_catalog() -> Catalog:
     """The catalog of the manager installed by ``make_versioned()``."""
     if _Default.catalog is None:
-        raise VersioningError(
-            "versioning is not enabled by make_versioned(): pass the classes to read explicitly "
-            "(e.g. classes=manager.versioned_classes)"
+        raise ConfigurationError(
+            "versioning is not enabled: call make_versioned() first, or pass the classes to "
+            "read (classes=manager.versioned_classes for a scoped manager)"
         )
     return _Default.catalog
 
