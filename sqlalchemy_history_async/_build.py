@@ -125,6 +125,12 @@ class Builder:
                     "which is not; declare __versioned__ on the base class of the hierarchy"
                 )
         options = model_options(mapper)
+        if mapper.concrete:
+            raise ConfigurationError(
+                f"{model} uses concrete-table inheritance, which cannot be versioned: declare "
+                "__versioned__ on joined-table or single-table hierarchies, or on classes that "
+                "do not inherit a mapped class"
+            )
         local = mapper.local_table
         if not isinstance(local, sa.Table):
             raise ConfigurationError(f"{model} is not mapped to a Table; it cannot be versioned")
@@ -150,6 +156,7 @@ class Builder:
                 if isinstance(column, sa.Column) and isinstance(column.table, sa.Table):
                     by_table.setdefault(column.table, {}).setdefault(prop.key, column.key)
         local_attrs = by_table.get(local, {})
+        _check_bookkeeping_names(model, local, local_attrs)
 
         tables = list(base.tables) if base is not None else []
         if base is not None and local is base.tables[-1].parent_table:
@@ -205,7 +212,11 @@ class Builder:
         self._unrelated.append(info)
         # Association tables named now are in the MetaData before anything creates it.
         for prop in mapper.iterate_properties:
-            if isinstance(prop, RelationshipProperty) and prop.parent is mapper:
+            if (
+                isinstance(prop, RelationshipProperty)
+                and prop.parent is mapper
+                and not prop.viewonly
+            ):
                 secondary = _declared_secondary(prop)
                 if isinstance(secondary, str):
                     secondary = local.metadata.tables.get(secondary)
@@ -261,6 +272,8 @@ class Builder:
         transaction_cls = self.catalog.transaction_class
         if transaction_cls is None or table.metadata is not _table_of(transaction_cls).metadata:
             return None
+        if any(table is t.parent_table for info in self.catalog.infos for t in info.tables):
+            return None  # an association-object model: versioned as that model
         # A link is identified by its foreign keys: association tables often have no
         # primary key, and a surrogate one would not tell a re-added link from a new one.
         key = [c.key for c in table.c if c.foreign_keys]
@@ -273,7 +286,11 @@ class Builder:
 
     def _link_many_to_many(self, info: VersionInfo) -> None:
         for rel in info.parent_mapper.relationships:
-            if rel.parent is not info.parent_mapper or not isinstance(rel.secondary, sa.Table):
+            if (
+                rel.parent is not info.parent_mapper
+                or rel.viewonly  # a read-only view of links another mapping writes
+                or not isinstance(rel.secondary, sa.Table)
+            ):
                 continue
             table = self._association(info.parent.__name__, rel.secondary)
             if table is None:
@@ -345,6 +362,22 @@ class Builder:
 
 
 _NOT_YET = object()
+
+#: Columns every version table adds to the parent's.
+_BOOKKEEPING = ("transaction_id", "end_transaction_id", "operation_type")
+
+
+def _check_bookkeeping_names(model: str, table: sa.Table, attrs: dict[str, str]) -> None:
+    """A tracked column may not use a name the version table needs for its bookkeeping."""
+    for attr, key in attrs.items():
+        column = table.c[key]
+        for name in {column.name, column.key, attr} & set(_BOOKKEEPING):
+            raise ConfigurationError(
+                f"{model}: column {column.name!r} of {table.name!r} (attribute {attr!r}) uses the "
+                f"name {name!r}, which its version table needs for its own bookkeeping "
+                f"({', '.join(_BOOKKEEPING)}); rename the column or attribute, or exclude it "
+                "with __versioned__ = {'exclude': [...]}"
+            )
 
 
 def _table_of(cls: type[Any]) -> sa.Table:

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, UOWTransaction
-from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE
 
 from ._exceptions import ConfigurationError
 from ._info import Catalog, LinkVersioning, TableVersioning, VersionInfo
@@ -158,7 +158,7 @@ class Recorder:
         assert key is not None
         session = state.session
         assert session is not None
-        values = {a: state.dict[a] for a in info.attrs if a in state.dict}
+        values = _stored_values(info, state)
         if len(values) < len(info.attrs):
             loaded = self.uow(session).preloaded.get(info, {}).get(key)
             if loaded is None:
@@ -214,7 +214,7 @@ class Recorder:
                 or info.transaction_class is not self._catalog.transaction_class
             ):
                 continue
-            if any(a not in state.dict for a in info.attrs):
+            if len(_stored_values(info, state)) < len(info.attrs):
                 wanted.setdefault(info, []).append(state.identity)
         if not wanted:
             return
@@ -283,6 +283,24 @@ class Recorder:
         """Drop all bookkeeping when the session's outermost transaction ends."""
         if transaction.parent is None:
             self._drop(session)
+
+
+def _stored_values(info: VersionInfo, state: InstanceState[Any]) -> dict[str, Any]:
+    """The tracked values the database holds for ``state``, as far as they are in memory.
+
+    An attribute changed but not flushed yet counts with its value as loaded (a row deleted
+    with pending changes never held them); one whose loaded value is unknown is left out.
+    """
+    values: dict[str, Any] = {}
+    committed = state.committed_state
+    for attr in info.attrs:
+        if attr in committed:
+            old = committed[attr]
+            if old is not NO_VALUE and old is not NEVER_SET:
+                values[attr] = old
+        elif attr in state.dict:
+            values[attr] = state.dict[attr]
+    return values
 
 
 def _key_from_dict(info: VersionInfo, state: InstanceState[Any]) -> Key:

@@ -9,11 +9,14 @@ served on one event loop) never see each other's values. SQLAlchemy runs the flu
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from ._schema import REMOTE_ADDR_LENGTH
 
 __all__ = ["TransactionContext", "current_context", "versioning_context"]
 
@@ -52,6 +55,7 @@ def versioning_context(
                                 reason="bulk fix"):
             await session.commit()
     """
+    _validate(remote_addr, meta)
     outer = _current.get()
     merged = TransactionContext(
         user_id=outer.user_id if user_id is None else user_id,
@@ -63,3 +67,26 @@ def versioning_context(
         yield merged
     finally:
         _current.reset(token)
+
+
+def _validate(remote_addr: Any, meta: dict[str, Any]) -> None:
+    """Refuse values the transaction row cannot store, here rather than at commit."""
+    if remote_addr is not None:
+        if not isinstance(remote_addr, str):
+            raise TypeError(
+                "versioning_context(remote_addr=...) takes a string, got "
+                f"{type(remote_addr).__name__}"
+            )
+        if len(remote_addr) > REMOTE_ADDR_LENGTH:
+            raise ValueError(
+                f"versioning_context(remote_addr=...) is {len(remote_addr)} characters long; "
+                f"transaction.remote_addr holds at most {REMOTE_ADDR_LENGTH}"
+            )
+    for key, value in meta.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"versioning_context({key}=...): meta values are stored as JSON, and "
+                f"{value!r} cannot be ({exc}); pass a str, number, bool, None, list or dict"
+            ) from None

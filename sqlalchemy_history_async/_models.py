@@ -196,6 +196,8 @@ def map_version_class(info: VersionInfo, registry: sa.orm.registry) -> type[Vers
             properties={a: info.column(a) for a in info.attrs if a not in known},
             **identity,
         )
+        # As on the model's own single-table subclass: the table it is stored in.
+        cls.__table__ = info.tables[-1].version_table  # type: ignore[attr-defined]
     else:  # joined-table subclass: its own version table, joined on key + transaction
         table, above = info.tables[-1], info.base.tables[-1]
         vt, base_vt = table.version_table, above.version_table

@@ -19,6 +19,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "INFO_KEY",
+    "REMOTE_ADDR_LENGTH",
     "TRANSACTION_TABLE_NAME",
     "VERSION_TABLE_SUFFIX",
     "AwareDateTime",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 TRANSACTION_TABLE_NAME = "transaction"
+#: Length of ``transaction.remote_addr`` (an IPv6 address with a zone index fits).
+REMOTE_ADDR_LENGTH = 50
 VERSION_TABLE_SUFFIX = "_version"
 #: The key under which the library keeps its facts in ``ClassManager.info`` and
 #: ``Session.info``.
@@ -122,7 +125,7 @@ def build_transaction_table(
         sa.Column("id", _TransactionId, primary_key=True, autoincrement=True),
         sa.Column("issued_at", AwareDateTime(), nullable=False, index=True),
         user_id,
-        sa.Column("remote_addr", sa.String(50), nullable=True),
+        sa.Column("remote_addr", sa.String(REMOTE_ADDR_LENGTH), nullable=True),
         sa.Column(
             "meta", sa.JSON(none_as_null=True).with_variant(_jsonb(), "postgresql"), nullable=True
         ),

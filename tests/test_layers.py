@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sqlalchemy_history_async"
 
 #: Bottom to top; a module may import modules of lower layers only (never its own layer).
 LAYERS: list[set[str]] = [
-    {"_exceptions", "_context", "_schema"},
-    {"_options"},
+    {"_exceptions", "_schema"},
+    {"_context", "_options"},
     {"_info"},
     {"_revert", "_writes"},
     {"_models", "_capture"},

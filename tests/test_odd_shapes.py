@@ -1,0 +1,252 @@
+"""Odd models and odd input: a clear answer at definition time, never a silent wrong history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+from sqlalchemy_history_async import (
+    ConfigurationError,
+    Operation,
+    make_versioned,
+    remove_versioning,
+    version_class,
+    versioning_context,
+)
+
+from .conftest import reset_schema
+
+
+@pytest.fixture
+def base() -> Iterator[type[DeclarativeBase]]:
+    make_versioned()
+
+    class Base(DeclarativeBase):
+        pass
+
+    try:
+        yield Base
+    finally:
+        remove_versioning()
+        Base.registry.dispose()
+
+
+# --- definition time ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["transaction_id", "end_transaction_id", "operation_type"])
+def test_column_named_like_a_bookkeeping_column(base: type[DeclarativeBase], name: str) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        type(
+            "Ledger",
+            (base,),
+            {
+                "__tablename__": "ledger",
+                "__versioned__": {},
+                "__annotations__": {"id": Mapped[int], "value": Mapped[int]},
+                "id": mapped_column(primary_key=True),
+                "value": mapped_column(name),
+            },
+        )
+    message = str(exc.value)
+    assert message.startswith(f"Ledger: column {name!r} of 'ledger' (attribute 'value')")
+    assert "exclude" in message
+
+
+def test_bookkeeping_name_excluded_is_fine(base: type[DeclarativeBase]) -> None:
+    class Ledger(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "ledger"
+        __versioned__ = {"exclude": ["transaction_id"]}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        transaction_id: Mapped[int]
+
+    V = version_class(Ledger)
+    assert [c.name for c in V.__table__.c].count("transaction_id") == 1
+
+
+def test_concrete_inheritance_is_rejected(base: type[DeclarativeBase]) -> None:
+    class Employee(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "employee"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+
+    with pytest.raises(ConfigurationError, match="Manager uses concrete-table inheritance"):
+
+        class Manager(Employee):
+            __tablename__ = "manager"
+            __mapper_args__ = {"concrete": True}
+            id: Mapped[int] = mapped_column(primary_key=True)
+            name: Mapped[str]
+            level: Mapped[int]
+
+
+def test_single_table_subclass_version_has_a_table(base: type[DeclarativeBase]) -> None:
+    class Animal(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "animal"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str]
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+
+    class Dog(Animal):
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+        good: Mapped[bool | None]
+
+    assert Dog.__table__ is Animal.__table__
+    assert version_class(Dog).__table__ is version_class(Animal).__table__
+    assert "good" in version_class(Dog).__table__.c
+
+
+def test_viewonly_relationships_are_not_versioned(base: type[DeclarativeBase]) -> None:
+    link = sa.Table(
+        "article_tag",
+        base.metadata,
+        sa.Column("article_id", sa.ForeignKey("article.id"), primary_key=True),
+        sa.Column("tag_id", sa.ForeignKey("tag.id"), primary_key=True),
+    )
+
+    class Tag(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "tag"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Article(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "article"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        tags: Mapped[list[Tag]] = relationship(secondary=link, viewonly=True)
+
+    sa.orm.configure_mappers()
+    assert "article_tag_version" not in base.metadata.tables
+    assert version_class(Article).__history_info__.links == []
+
+
+def test_association_object_with_a_viewonly_shortcut(base: type[DeclarativeBase]) -> None:
+    class Tag(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "tag"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class ArticleTag(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "article_tag"
+        __versioned__ = {}
+        article_id: Mapped[int] = mapped_column(sa.ForeignKey("article.id"), primary_key=True)
+        tag_id: Mapped[int] = mapped_column(sa.ForeignKey("tag.id"), primary_key=True)
+        weight: Mapped[int] = mapped_column(default=1)
+
+    class Article(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "article"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        tags: Mapped[list[Tag]] = relationship(secondary="article_tag", viewonly=True)
+
+    sa.orm.configure_mappers()
+    # one version table, the association object's, with its own column
+    assert "weight" in version_class(ArticleTag).__table__.c
+    assert version_class(Article).__history_info__.links == []
+
+
+# --- versioning_context() input ---------------------------------------------------------------
+
+
+def test_context_rejects_meta_that_is_not_json() -> None:
+    with (
+        pytest.raises(TypeError, match=r"versioning_context\(when=\.\.\.\): meta values are"),
+        versioning_context(when=object()),
+    ):
+        pass
+
+
+def test_context_rejects_long_remote_addr() -> None:
+    with (
+        pytest.raises(ValueError, match=r"51 characters long; transaction\.remote_addr holds at"),
+        versioning_context(remote_addr="x" * 51),
+    ):
+        pass
+    with (
+        pytest.raises(TypeError, match="takes a string, got int"),
+        versioning_context(
+            remote_addr=127  # type: ignore[arg-type]
+        ),
+    ):
+        pass
+    with versioning_context(remote_addr="f" * 50, note=["ok", 1, None, {"a": 2.5}]) as ctx:
+        assert ctx.remote_addr == "f" * 50
+
+
+# --- delete with changes not flushed yet ----------------------------------------------------------
+
+
+def define_item(base: type[DeclarativeBase]) -> type[Any]:
+    class Item(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "item"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        val: Mapped[int]
+        note: Mapped[str | None] = mapped_column(sa.String(20))
+
+    return Item
+
+
+@pytest.fixture
+async def engine(async_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("expire", [False, True], ids=["loaded", "expired"])
+async def test_delete_records_the_stored_values_not_pending_ones(
+    base: type[DeclarativeBase], engine: AsyncEngine, expire: bool
+) -> None:
+    Item = define_item(base)
+    V = version_class(Item)
+    await reset_schema(engine, base.metadata)
+    async with async_sessionmaker(engine, expire_on_commit=expire)() as session:
+        item = Item(id=1, val=1, note="kept")
+        session.add(item)
+        await session.commit()
+        item.val = 99  # never reaches the database
+        await session.delete(item)
+        await session.commit()
+        rows = (await session.execute(sa.select(V.val, V.note, V.operation_type))).all()
+        assert sorted(rows, key=lambda r: r.operation_type) == [
+            (1, "kept", Operation.INSERT),
+            (1, "kept", Operation.DELETE),
+        ]
+
+
+def test_delete_records_the_stored_values_sync(base: type[DeclarativeBase], tmp_path: Any) -> None:
+    Item = define_item(base)
+    V = version_class(Item)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    base.metadata.create_all(engine)
+    try:
+        with sessionmaker(engine)() as session:
+            session.add(Item(id=1, val=1, note="kept"))
+            session.commit()
+            item = session.get(Item, 1)
+            assert item is not None
+            item.note = "pending"
+            session.delete(item)
+            session.commit()
+            rows = session.execute(sa.select(V.val, V.note).order_by(V.transaction_id)).all()
+            assert [tuple(r) for r in rows] == [(1, "kept"), (1, "kept")]
+            assert isinstance(session, Session)
+    finally:
+        engine.dispose()
