@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from ._exceptions import NotVersionedError, RevertError
 from ._info import VersionInfo, version_info
 from ._revert import revert_sync
-from ._schema import Operation
+from ._schema import Operation, identifier
 
 __all__ = [
     "ParentT",
@@ -243,7 +243,7 @@ def _root_properties(info: VersionInfo, cls: type[Version[Any]]) -> dict[str, An
     vt = table.version_table
     key = [vt.c[c] for c in table.key_columns]
     same_key = [remote(c) == foreign(c) for c in key]
-    older = vt.alias(f"{vt.name}_older")
+    older = vt.alias(identifier(f"{vt.name}_older"))
     index_expr = (
         sa.select(sa.func.count())
         .select_from(older)

@@ -21,7 +21,7 @@ from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
 from ._info import LinkVersioning, VersionInfo
 from ._models import Version
-from ._schema import INFO_KEY, valid_at
+from ._schema import INFO_KEY, identifier, valid_at
 
 __all__ = ["add_temporal_relationships"]
 
@@ -106,7 +106,7 @@ def _many_to_many_twin(
     if any(c.table is not owner_table for c in owner_cols):
         return None
     assoc = link.table.version_table
-    owner = owner_table.alias(f"{owner_table.name}_owner")
+    owner = owner_table.alias(identifier(f"{owner_table.name}_owner"))
     links_at = (
         sa.select(
             *[assoc.c[c] for c in link.table.key_columns],
@@ -122,7 +122,7 @@ def _many_to_many_twin(
                 valid_at(assoc.c, owner.c.transaction_id),
             ),
         )
-        .subquery(f"{assoc.name}_at")
+        .subquery(identifier(f"{assoc.name}_at"))
     )
     at = links_at.c.at_transaction_id
     primaryjoin = sa.and_(

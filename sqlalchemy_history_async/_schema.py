@@ -28,12 +28,15 @@ __all__ = [
     "build_transaction_table",
     "build_version_table",
     "copy_late_types",
+    "identifier",
     "valid_at",
     "version_column",
     "version_table_name",
 ]
 
 TRANSACTION_TABLE_NAME = "transaction"
+#: The longest identifier every tested database accepts (PostgreSQL's limit).
+IDENTIFIER_LIMIT = 63
 #: Length of ``transaction.remote_addr`` (an IPv6 address with a zone index fits).
 REMOTE_ADDR_LENGTH = 50
 VERSION_TABLE_SUFFIX = "_version"
@@ -167,7 +170,11 @@ def build_version_table(
         sa.Column(
             "transaction_id",
             tx_id.type,
-            sa.ForeignKey(tx_id),
+            # MariaDB names a foreign key <table>_ibfk_<n> and fails when that is too long.
+            sa.ForeignKey(
+                tx_id,
+                name=identifier(f"{name}_transaction_id_fkey") if len(name) > 50 else None,
+            ),
             primary_key=True,
             autoincrement=False,
             index=True,
@@ -199,8 +206,20 @@ _PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite", "mssql")
 
 
 def version_table_name(parent: sa.Table) -> str:
-    """The name of ``parent``'s version table (without schema)."""
-    return parent.name + VERSION_TABLE_SUFFIX
+    """The name of ``parent``'s version table (without schema).
+
+    ``<table>_version``, shortened with a stable hash when that would exceed the identifier
+    limit of PostgreSQL (63 characters; MariaDB allows 64).
+    """
+    return identifier(parent.name + VERSION_TABLE_SUFFIX)
+
+
+def identifier(name: str, limit: int = IDENTIFIER_LIMIT) -> str:
+    """``name``, or its first characters plus a stable hash when it is longer than ``limit``."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9]}_{digest}"
 
 
 def valid_at(columns: Any, tx: Any, *, deleted: bool = False) -> sa.ColumnElement[bool]:
@@ -250,13 +269,9 @@ def version_column(col: sa.Column[Any], key: bool | None = None) -> sa.Column[An
     )
 
 
-def _index_name(table: str, suffix: str, limit: int = 63) -> str:
+def _index_name(table: str, suffix: str) -> str:
     """``ix_<table>_<suffix>``, shortened with a stable hash to fit every backend's limit."""
-    name = f"ix_{table}_{suffix}"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - 9]}_{digest}"
+    return identifier(f"ix_{table}_{suffix}")
 
 
 def _copy_type(type_: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:

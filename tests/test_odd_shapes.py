@@ -22,6 +22,7 @@ from sqlalchemy_history_async import (
     Operation,
     make_versioned,
     remove_versioning,
+    select_changes,
     version_class,
     versioning_context,
 )
@@ -250,3 +251,45 @@ def test_delete_records_the_stored_values_sync(base: type[DeclarativeBase], tmp_
             assert isinstance(session, Session)
     finally:
         engine.dispose()
+
+
+# --- long table names -------------------------------------------------------------------------
+
+LONG = "inventory_adjustment_requests_awaiting_regional_approval_xy"  # 59 characters
+
+
+async def test_long_table_name(base: type[DeclarativeBase], engine: AsyncEngine) -> None:
+    class Adjustment(base):  # type: ignore[valid-type, misc]
+        __tablename__ = LONG
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        qty: Mapped[int]
+
+    V = version_class(Adjustment)
+    name = V.__table__.name
+    assert len(LONG + "_version") > 63
+    assert len(name) == 63
+    assert name.startswith(LONG[:54])
+    await reset_schema(engine, base.metadata)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        row = Adjustment(id=1, qty=1)
+        session.add(row)
+        await session.commit()
+        row.qty = 2
+        await session.commit()
+        versions = (
+            await session.scalars(
+                row.versions.select().options(
+                    sa.orm.undefer(V.index), sa.orm.selectinload(V.previous)
+                )
+            )
+        ).all()
+        assert [(v.qty, v.index, v.changeset) for v in versions] == [
+            (1, 0, {"id": [None, 1], "qty": [None, 1]}),
+            (2, 1, {"qty": [1, 2]}),
+        ]
+        feed = (await session.execute(select_changes(classes=[Adjustment]))).all()
+        assert [(c.table, c.operation) for c in feed] == [
+            (LONG, Operation.INSERT),
+            (LONG, Operation.UPDATE),
+        ]
