@@ -3,11 +3,13 @@
 How a flush is recorded
 -----------------------
 Mapper events (``after_insert``, ``after_update``, ``before_delete``) fire for exactly the rows
-the ORM writes — never a scan of the identity map — and only note the row's key (and, for
-many-to-many relationships, the links added or removed) in the session's
-:class:`UnitOfWork`. ``after_flush`` folds what the flush noted into the transaction's
-bookkeeping and hands the resulting plans to the :class:`~._writes.Writer`, which writes, per
-version table, a handful of set-based statements (one statement in all on PostgreSQL).
+the ORM writes — never a scan of the identity map — and only note the row's key in the
+session's :class:`UnitOfWork`. Many-to-many links are noted from the statements the flush runs
+on the association tables (the ``before_execute`` event while the session flushes): exactly
+the links the database gains and loses, whatever the state of the collections in memory.
+``after_flush`` folds what the flush noted into the transaction's bookkeeping and hands the
+resulting plans to the :class:`~._writes.Writer`, which writes, per version table, a handful of
+set-based statements (one statement in all on PostgreSQL).
 
 One transaction row per database transaction, one version row per key per transaction carrying
 the final state: when a later flush of the same transaction touches a key again, its version
@@ -30,7 +32,7 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, U
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE
 
 from ._exceptions import ConfigurationError
-from ._info import Catalog, LinkVersioning, TableVersioning, VersionInfo
+from ._info import Catalog, TableVersioning, VersionInfo
 from ._schema import INFO_KEY, Operation
 from ._writes import Key, Plan, Row, Step, Writer
 
@@ -38,6 +40,9 @@ __all__ = ["SESSION_INFO_KEY", "Recorder", "UnitOfWork"]
 
 #: ``session.info[SESSION_INFO_KEY]`` maps each recorder to its :class:`UnitOfWork`.
 SESSION_INFO_KEY = INFO_KEY
+#: ``Connection.info[WATCH_KEY]`` maps each recorder to the unit of work of the session whose
+#: flush runs on that connection (set in before_flush, removed in after_flush).
+WATCH_KEY = INFO_KEY + ".flushing"
 
 
 @dataclass
@@ -49,6 +54,16 @@ class _KeyState:
 Seen = dict[TableVersioning, dict[Key, _KeyState]]
 
 
+#: A key's change in this flush: the first operation seen (did the row exist before?), the
+#: last one, and for deletes the row's last values by column key.
+Pending = tuple[Operation, Operation, Row | None]
+
+
+def _pend(pending: dict[Key, Pending], key: Key, op: Operation, row: Row | None) -> None:
+    earlier = pending.get(key)
+    pending[key] = (op if earlier is None else earlier[0], op, row)
+
+
 @dataclass
 class UnitOfWork:
     """History bookkeeping of one session transaction for one manager."""
@@ -58,14 +73,9 @@ class UnitOfWork:
     rows: int = 0  # how many keys currently have a version row in this transaction
     # Filled by mapper events during a flush, drained by after_flush; deleted rows carry
     # their last values by column key.
-    pending: dict[TableVersioning, dict[Key, tuple[Operation, Row | None]]] = field(
-        default_factory=dict
-    )
-    # Many-to-many link changes seen by mapper events; resolved to keys once the flush has
-    # assigned every primary key.
-    links: list[tuple[LinkVersioning, InstanceState[Any], list[Any], list[Any]]] = field(
-        default_factory=list
-    )
+    pending: dict[TableVersioning, dict[Key, Pending]] = field(default_factory=dict)
+    # Connections whose association-table statements are being noted (during a flush).
+    watching: set[Connection] = field(default_factory=set)
     # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
     savepoints: dict[SessionTransaction, tuple[int | None, Seen, int]] = field(default_factory=dict)
@@ -101,7 +111,9 @@ class Recorder:
     def _drop(self, session: Session) -> None:
         states: dict[Recorder, UnitOfWork] | None = session.info.get(SESSION_INFO_KEY)
         if states is not None:
-            states.pop(self, None)
+            uow = states.pop(self, None)
+            if uow is not None:
+                self._unwatch(uow)
             if not states:
                 del session.info[SESSION_INFO_KEY]
 
@@ -113,7 +125,6 @@ class Recorder:
         """Note the new row (in every table of the model)."""
         state: InstanceState[Any] = sa.inspect(target)
         self._note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
-        self._note_links(info, state, deleting=False)
 
     def after_update(
         self, info: VersionInfo, mapper: Mapper[Any], connection: Connection, target: Any
@@ -124,7 +135,6 @@ class Recorder:
         (DELETE, with its last values) and a row with the new key appeared (INSERT).
         """
         state: InstanceState[Any] = sa.inspect(target)
-        self._note_links(info, state, deleting=False)
         committed = state.committed_state
         if not committed or not any(
             state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
@@ -166,18 +176,6 @@ class Recorder:
                 loaded = self.writer.load_values(connection, info, [key]).get(key, {})
             values = {**loaded, **values}
         self._note(info, state, key, Operation.DELETE, values)
-        self._note_links(info, state, deleting=True)
-
-    def _note_links(self, info: VersionInfo, state: InstanceState[Any], *, deleting: bool) -> None:
-        """Remember links added to / removed from ``state``'s many-to-many collections."""
-        for link in info.links:
-            history = state.get_history(link.key, PASSIVE_NO_INITIALIZE)
-            removed = [*history.deleted, *history.unchanged] if deleting else list(history.deleted)
-            added = [] if deleting else list(history.added)
-            if added or removed:
-                session = state.session
-                assert session is not None
-                self.uow(session).links.append((link, state, added, removed))
 
     def _note(
         self,
@@ -192,7 +190,63 @@ class Recorder:
         pending = self.uow(session).pending
         for table in info.tables:
             row = None if values is None else {c: values.get(a) for a, c in table.attrs.items()}
-            pending.setdefault(table, {})[key] = (op, row)
+            _pend(pending.setdefault(table, {}), key, op, row)
+
+    # --- association tables -------------------------------------------------------------------
+
+    def _watch_associations(self, session: Session) -> None:
+        """Note this flush's statements on versioned association tables (see before_execute)."""
+        uow = self.uow(session)
+        for table in self._catalog.associations.values():
+            connection = session.connection(bind_arguments={"clause": table.parent_table})
+            if connection not in uow.watching:
+                connection.info.setdefault(WATCH_KEY, {})[self] = uow
+                uow.watching.add(connection)
+
+    def _unwatch(self, uow: UnitOfWork) -> None:
+        for connection in uow.watching:
+            watched: dict[Recorder, UnitOfWork] | None = connection.info.get(WATCH_KEY)
+            if watched is not None:
+                watched.pop(self, None)
+                if not watched:
+                    del connection.info[WATCH_KEY]
+        uow.watching.clear()
+
+    def before_execute(
+        self,
+        connection: Connection,
+        statement: Any,
+        multiparams: list[dict[str, Any]],
+        params: dict[str, Any],
+        execution_options: Any,
+    ) -> None:
+        """Engine event: note the links an association-table statement of a flush changes."""
+        if not isinstance(statement, sa.Insert | sa.Delete | sa.Update):
+            return
+        target = statement.table
+        table = self._catalog.associations.get(target) if isinstance(target, sa.Table) else None
+        if table is None:
+            return
+        watched: dict[Recorder, UnitOfWork] | None = connection.info.get(WATCH_KEY)
+        uow = None if watched is None else watched.get(self)
+        if uow is None:
+            return  # not written by a flush of this manager's sessions
+        rows = multiparams or [params]
+        pending = uow.pending.setdefault(table, {})
+        if isinstance(statement, sa.Insert):
+            for row in rows:
+                _pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
+            return
+        # DELETE, or UPDATE of the key (the parent's primary key changed): the old link is gone
+        prefix = "old_" if isinstance(statement, sa.Update) else ""
+        old_keys = [tuple(row[prefix + c] for c in table.key_columns) for row in rows]
+        stored = self.writer.load_rows(connection, table, old_keys)
+        for key in old_keys:
+            values = stored.get(key) or dict(zip(table.key_columns, key, strict=True))
+            _pend(pending, key, Operation.DELETE, values)
+        if prefix:
+            for row in rows:
+                _pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
 
     # --- session events -----------------------------------------------------------------------
 
@@ -200,6 +254,8 @@ class Recorder:
         """Refuse unversioned ``__versioned__`` models; preload deleted rows' missing values."""
         for obj in (*session.new, *session.dirty):
             self._check_versioned(sa.inspect(obj))
+        if self._catalog.associations:
+            self._watch_associations(session)
         if not session.deleted:
             return
         wanted: dict[VersionInfo, list[Key]] = {}
@@ -240,10 +296,11 @@ class Recorder:
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         """Write the history of this flush: a few set-based statements per version table."""
         uow = self._existing(session)
-        if uow is None or not (uow.pending or uow.links):
+        if uow is None:
             return
-        if uow.links:
-            _resolve_links(uow)
+        self._unwatch(uow)
+        if not uow.pending:
+            return
         pending, uow.pending = uow.pending, {}
         uow.preloaded.clear()
         plans = [_plan(uow, table, changes) for table, changes in pending.items()]
@@ -271,8 +328,8 @@ class Recorder:
         if uow is None:
             return
         uow.pending.clear()
-        uow.links.clear()
         uow.preloaded.clear()
+        self._unwatch(uow)
         snapshot = uow.savepoints.pop(previous_transaction, None)
         if previous_transaction.nested and snapshot is not None:
             uow.transaction_id, uow.seen, uow.rows = snapshot
@@ -307,38 +364,14 @@ def _key_from_dict(info: VersionInfo, state: InstanceState[Any]) -> Key:
     return tuple(state.dict[a] for a in info.pk_attrs)
 
 
-def _resolve_links(uow: UnitOfWork) -> None:
-    """Turn remembered link changes into keyed changes of the association version tables."""
-    for link, state, added, removed in uow.links:
-        table = link.table
-        pending = uow.pending.setdefault(table, {})
-        local = {col: _value(state, attr) for col, attr in link.local_attrs.items()}
-        for op, targets in ((Operation.DELETE, removed), (Operation.INSERT, added)):
-            for target in targets:
-                target_state: InstanceState[Any] = sa.inspect(target)
-                values = {
-                    **local,
-                    **{col: _value(target_state, a) for col, a in link.remote_attrs.items()},
-                }
-                key = tuple(values[c] for c in table.key_columns)
-                pending[key] = (op, None if op is Operation.INSERT else values)
-    uow.links.clear()
-
-
-def _value(state: InstanceState[Any], attr: str) -> Any:
-    return state.dict[attr] if attr in state.dict else getattr(state.obj(), attr)
-
-
-def _plan(
-    uow: UnitOfWork, table: TableVersioning, changes: dict[Key, tuple[Operation, Row | None]]
-) -> Plan:
+def _plan(uow: UnitOfWork, table: TableVersioning, changes: dict[Key, Pending]) -> Plan:
     """Fold this flush's changes into the transaction's bookkeeping; return what to write."""
     seen = uow.seen.setdefault(table, {})
     plan = Plan(table)
-    for key, (op, row) in changes.items():
+    for key, (first, op, row) in changes.items():
         ks = seen.get(key)
         if ks is None:
-            ks = seen[key] = _KeyState(existed_before=op is not Operation.INSERT, has_row=False)
+            ks = seen[key] = _KeyState(existed_before=first is not Operation.INSERT, has_row=False)
         net = _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
         if ks.has_row:
             plan.keys[Step.DROP].append(key)

@@ -109,6 +109,7 @@ class VersioningManager:
         self._listen(Session, "after_transaction_create", recorder.after_transaction_create)
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)
+        self._listen(sa.engine.Engine, "before_execute", recorder.before_execute)
         self.catalog.infos[:] = [info for info in self.catalog.infos if info.live]
         for info in self.catalog.infos:
             self._listen_model(info)

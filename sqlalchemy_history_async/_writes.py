@@ -151,6 +151,18 @@ class Writer:
                     )
         return out
 
+    def load_rows(
+        self, connection: Connection, table: TableVersioning, keys: Sequence[Key]
+    ) -> dict[Key, Row]:
+        """Current rows of ``table``'s parent table for ``keys``, by column key."""
+        out: dict[Key, Row] = {}
+        stmt = self.statements(table).load
+        for start in range(0, len(keys), CHUNK):
+            chunk = _bind_keys(keys[start : start + CHUNK])
+            for row in connection.execute(stmt, {"_keys": chunk}).mappings():
+                out[tuple(row[c] for c in table.key_columns)] = dict(row)
+        return out
+
     def statements(self, table: TableVersioning) -> TableStatements:
         """The statements of ``table`` (built on first use)."""
         cached = self._tables.get(table)
