@@ -136,10 +136,12 @@ class Recorder:
         """
         state: InstanceState[Any] = sa.inspect(target)
         committed = state.committed_state
-        if not committed or not any(
-            state.get_history(attr, PASSIVE_NO_INITIALIZE).has_changes()
-            for attr in committed.keys() & info.watched
-        ):
+        if not committed:
+            return
+        session = state.session
+        assert session is not None
+        stored = self.uow(session).preloaded.get(info, {}).get(state.identity or ())
+        if not any(_changed(info, state, attr, stored) for attr in committed.keys() & info.watched):
             return
         key = _key_from_dict(info, state)
         old_key = state.identity  # still the key the row was loaded with
@@ -251,27 +253,33 @@ class Recorder:
     # --- session events -----------------------------------------------------------------------
 
     def before_flush(self, session: Session, flush_context: UOWTransaction, instances: Any) -> None:
-        """Refuse unversioned ``__versioned__`` models; preload deleted rows' missing values."""
-        for obj in (*session.new, *session.dirty):
+        """Refuse unversioned ``__versioned__`` models; preload stored values not in memory.
+
+        One query per table fetches what the database holds for rows about to be deleted
+        whose values are not all loaded, and for rows about to be updated where a tracked
+        attribute was assigned without its old value being known (expired, deferred): the
+        update records nothing if the value assigned is the value stored.
+        """
+        for obj in session.new:
             self._check_versioned(sa.inspect(obj))
         if self._catalog.associations:
             self._watch_associations(session)
-        if not session.deleted:
-            return
         wanted: dict[VersionInfo, list[Key]] = {}
-        for obj in session.deleted:
+        for obj in session.dirty:
             state: InstanceState[Any] = sa.inspect(obj)
             self._check_versioned(state)
-            info: VersionInfo | None = state.manager.info.get(INFO_KEY)
-            if (
-                info is None
-                or info.parent_mapper is not state.mapper
-                or state.identity is None
-                or info.transaction_class is not self._catalog.transaction_class
+            info = self._info_of(state)
+            if info is not None and any(
+                state.committed_state[a] is NO_VALUE
+                for a in state.committed_state.keys() & info.attr_set
             ):
-                continue
-            if len(_stored_values(info, state)) < len(info.attrs):
-                wanted.setdefault(info, []).append(state.identity)
+                wanted.setdefault(info, []).append(_identity(state))
+        for obj in session.deleted:
+            state = sa.inspect(obj)
+            self._check_versioned(state)
+            info = self._info_of(state)
+            if info is not None and len(_stored_values(info, state)) < len(info.attrs):
+                wanted.setdefault(info, []).append(_identity(state))
         if not wanted:
             return
         uow = self.uow(session)
@@ -280,6 +288,18 @@ class Recorder:
             uow.preloaded.setdefault(info, {}).update(
                 self.writer.load_values(connection, info, keys)
             )
+
+    def _info_of(self, state: InstanceState[Any]) -> Any:
+        """The info of a persistent object this manager records (``None`` otherwise)."""
+        info: VersionInfo | None = state.manager.info.get(INFO_KEY)
+        if (
+            info is None
+            or info.parent_mapper is not state.mapper
+            or state.identity is None
+            or info.transaction_class is not self._catalog.transaction_class
+        ):
+            return None
+        return info
 
     def _check_versioned(self, state: InstanceState[Any]) -> None:
         cls = state.class_
@@ -358,6 +378,26 @@ def _stored_values(info: VersionInfo, state: InstanceState[Any]) -> dict[str, An
         elif attr in state.dict:
             values[attr] = state.dict[attr]
     return values
+
+
+def _changed(
+    info: VersionInfo, state: InstanceState[Any], attr: str, stored: dict[str, Any] | None
+) -> bool:
+    """Whether the flush changes ``attr``: compared with its stored value when that was not
+    loaded (``stored``, fetched by before_flush)."""
+    history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
+    if not history.has_changes():
+        return False
+    if history.deleted or history.unchanged or stored is None or attr not in stored:
+        return True
+    column = info.parent_mapper.get_property(attr).columns[0]
+    return not column.type.compare_values(stored[attr], list(history.added)[0])
+
+
+def _identity(state: InstanceState[Any]) -> Key:
+    key = state.identity
+    assert key is not None
+    return key
 
 
 def _key_from_dict(info: VersionInfo, state: InstanceState[Any]) -> Key:

@@ -293,3 +293,82 @@ async def test_long_table_name(base: type[DeclarativeBase], engine: AsyncEngine)
             (LONG, Operation.INSERT),
             (LONG, Operation.UPDATE),
         ]
+
+
+# --- assigning the value a column already holds ---------------------------------------------------
+
+
+def define_memo(base: type[DeclarativeBase]) -> type[Any]:
+    class Memo(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "memo"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(sa.String(20))
+        body: Mapped[str | None] = mapped_column(sa.Text, deferred=True)
+
+    return Memo
+
+
+async def memo_history(session: Any, memo: type[Any]) -> list[tuple[Any, ...]]:
+    V = version_class(memo)
+    rows = await session.execute(
+        sa.select(V.title, V.body, V.operation_type).order_by(V.transaction_id)
+    )
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.parametrize("how", ["expired on commit", "session.expire", "deferred"])
+async def test_assigning_the_stored_value_records_nothing(
+    base: type[DeclarativeBase], engine: AsyncEngine, how: str
+) -> None:
+    Memo = define_memo(base)
+    Tx = base.metadata.tables["transaction"]
+    await reset_schema(engine, base.metadata)
+    async with async_sessionmaker(engine, expire_on_commit=how == "expired on commit")() as s:
+        memo = Memo(id=1, title="same", body="text")
+        s.add(memo)
+        await s.commit()
+        if how == "session.expire":
+            s.expire(memo)
+        if how == "deferred":
+            s.expunge_all()
+            memo = await s.get(Memo, 1)
+            assert memo is not None
+            assert "body" not in memo.__dict__
+            memo.body = "text"  # never loaded
+        else:
+            assert "title" not in memo.__dict__  # expired: the stored value is not known
+            memo.title = "same"
+        await s.commit()
+        assert await memo_history(s, Memo) == [("same", "text", Operation.INSERT)]
+        assert (await s.execute(sa.select(sa.func.count()).select_from(Tx))).scalar_one() == 1
+        # a value that differs is still recorded, the unchanged one as stored
+        if how == "session.expire":
+            s.expire(memo)
+        memo.title = "changed"
+        memo.body = "text"
+        await s.commit()
+        assert await memo_history(s, Memo) == [
+            ("same", "text", Operation.INSERT),
+            ("changed", "text", Operation.UPDATE),
+        ]
+
+
+def test_assigning_the_stored_value_records_nothing_sync(
+    base: type[DeclarativeBase], tmp_path: Any
+) -> None:
+    Memo = define_memo(base)
+    V = version_class(Memo)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    base.metadata.create_all(engine)
+    try:
+        with sessionmaker(engine)() as session:  # expire_on_commit=True
+            memo = Memo(id=1, title="same", body="text")
+            session.add(memo)
+            session.commit()
+            memo.title = "same"
+            memo.body = "text"
+            session.commit()
+            assert session.scalars(sa.select(V.operation_type)).all() == [Operation.INSERT]
+    finally:
+        engine.dispose()
