@@ -391,7 +391,7 @@ def _changed(
     if history.deleted or history.unchanged or stored is None or attr not in stored:
         return True
     column = info.parent_mapper.get_property(attr).columns[0]
-    return not column.type.compare_values(stored[attr], list(history.added)[0])
+    return not column.type.compare_values(stored[attr], next(iter(history.added)))
 
 
 def _identity(state: InstanceState[Any]) -> Key:

@@ -148,6 +148,7 @@ def _many_to_many_twin(
         secondary=links_at,
         primaryjoin=primaryjoin,
         secondaryjoin=secondaryjoin,
+        uselist=rel.uselist,
         viewonly=True,
         lazy="select",
     )

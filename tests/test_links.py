@@ -46,6 +46,13 @@ def shelf() -> Iterator[Shelf]:
         sa.Column("tag_id", sa.ForeignKey("tag.id"), nullable=False),
     )
 
+    book_main_tag = sa.Table(
+        "book_main_tag",
+        Base.metadata,
+        sa.Column("book_id", sa.ForeignKey("book.id"), primary_key=True),
+        sa.Column("tag_id", sa.ForeignKey("tag.id"), nullable=False),
+    )
+
     class Tag(Base):
         __tablename__ = "tag"
         __versioned__ = {}
@@ -58,6 +65,8 @@ def shelf() -> Iterator[Shelf]:
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str] = mapped_column(sa.String(50))
         tags: Mapped[list[Tag]] = relationship(secondary=book_tag, back_populates="books")
+        # many-to-many with one value at most
+        main_tag: Mapped[Tag | None] = relationship(secondary=book_main_tag, uselist=False)
 
     sa.orm.configure_mappers()
     try:
@@ -208,3 +217,38 @@ async def test_link_added_to_an_object_deleted_in_the_same_flush(
             return
         # whatever the database kept, history says the same
         await check(session, shelf, await stored_links(session, shelf))
+
+
+async def test_many_to_many_with_one_value(shelf: Shelf, engine: AsyncEngine) -> None:
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    V = version_class(shelf.Book)
+    async with factory() as session:
+        tag = shelf.Tag(id=1)
+        book = shelf.Book(id=1, title="one", main_tag=None)  # inserted with None
+        session.add_all([tag, book])
+        await session.commit()
+        book.title = "two"
+        book.main_tag = tag
+        await session.commit()
+        book.title = "three"
+        book.main_tag = None  # cleared
+        await session.commit()
+        versions = (
+            await session.scalars(
+                sa.select(V).order_by(V.transaction_id).options(selectinload(V.main_tag))
+            )
+        ).all()
+        assert [v.main_tag.id if v.main_tag else None for v in versions] == [None, 1, None]
+        # revert the relation to the second version: one object again
+        restored = await versions[1].revert(relations=["main_tag"])
+        await session.commit()
+        assert restored is book
+        assert book.main_tag is tag
+        assert book.title == "two"
+        # deleted while loaded as None
+        book.main_tag = None
+        await session.commit()
+        await session.delete(book)
+        await session.commit()
+        rows = (await session.execute(sa.select(shelf.Base.metadata.tables["book_main_tag"]))).all()
+        assert rows == []

@@ -372,3 +372,44 @@ def test_assigning_the_stored_value_records_nothing_sync(
             assert session.scalars(sa.select(V.operation_type)).all() == [Operation.INSERT]
     finally:
         engine.dispose()
+
+
+# --- SQLite savepoints -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("then", ["rollback", "commit"])
+async def test_sqlite_savepoint_first_then_rollback(
+    base: type[DeclarativeBase], tmp_path: Any, then: str
+) -> None:
+    Item = define_item(base)
+    V = version_class(Item)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'sp.db'}")
+    try:
+        await reset_schema(engine, base.metadata)
+        async with async_sessionmaker(engine)() as session:
+            async with session.begin_nested():  # the transaction's first statement
+                session.add(Item(id=1, val=1))
+            await (session.rollback() if then == "rollback" else session.commit())
+            kept = 0 if then == "rollback" else 1
+            assert len((await session.scalars(sa.select(Item))).all()) == kept
+            assert len((await session.scalars(sa.select(V))).all()) == kept
+    finally:
+        await engine.dispose()
+
+
+def test_sqlite_savepoint_first_then_rollback_sync(
+    base: type[DeclarativeBase], tmp_path: Any
+) -> None:
+    Item = define_item(base)
+    V = version_class(Item)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sp.db'}")
+    base.metadata.create_all(engine)
+    try:
+        with sessionmaker(engine)() as session:
+            with session.begin_nested():
+                session.add(Item(id=1, val=1))
+            session.rollback()
+            assert session.scalars(sa.select(Item)).all() == []
+            assert session.scalars(sa.select(V)).all() == []
+    finally:
+        engine.dispose()

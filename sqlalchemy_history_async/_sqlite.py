@@ -1,0 +1,29 @@
+"""SQLite savepoints under the sqlite3 module's legacy transaction control.
+
+Python's ``sqlite3`` (and aiosqlite) begin a transaction only before a data-changing statement.
+A ``SAVEPOINT`` sent first — ``session.begin_nested()`` as the first thing a transaction does —
+therefore runs outside any transaction, and SQLite makes it the outermost transaction:
+releasing it commits everything, and the session's later ``rollback()`` undoes nothing, data
+and history alike. While versioning is on, the library sends the ``BEGIN`` that SQLAlchemy
+assumed had happened, right before such a savepoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+__all__ = ["begin_before_first_savepoint"]
+
+
+def begin_before_first_savepoint(connection: Connection, name: str) -> None:
+    """``savepoint`` engine event: open the transaction a first SAVEPOINT would become."""
+    if connection.dialect.name != "sqlite":
+        return
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if dbapi_connection is None or getattr(dbapi_connection, "isolation_level", None) is None:
+        return  # autocommit mode, or the application emits BEGIN itself
+    raw = getattr(dbapi_connection, "_connection", dbapi_connection)  # aiosqlite's adapter
+    if getattr(raw, "in_transaction", True) is False:
+        connection.exec_driver_sql("BEGIN")
