@@ -90,9 +90,13 @@ class Builder:
 
     def after_configured(self) -> None:
         """Mappers are configured: add many-to-many links and temporal relationships."""
-        while self._unrelated:
-            info = self._unrelated.pop(0)
-            self._link_many_to_many(info)
+        infos, self._unrelated = self._unrelated, []
+        # Links written through a relationship first: a viewonly relationship only reads an
+        # association table that another relationship versions.
+        for viewonly in (False, True):
+            for info in infos:
+                self._link_many_to_many(info, viewonly=viewonly)
+        for info in infos:
             add_temporal_relationships(info)
 
     # --- models -------------------------------------------------------------------------------
@@ -284,15 +288,20 @@ class Builder:
         associations[table] = versioning
         return versioning
 
-    def _link_many_to_many(self, info: VersionInfo) -> None:
+    def _link_many_to_many(self, info: VersionInfo, *, viewonly: bool) -> None:
         for rel in info.parent_mapper.relationships:
             if (
                 rel.parent is not info.parent_mapper
-                or rel.viewonly  # a read-only view of links another mapping writes
+                or rel.viewonly is not viewonly
                 or not isinstance(rel.secondary, sa.Table)
             ):
                 continue
-            table = self._association(info.parent.__name__, rel.secondary)
+            # A viewonly relationship never versions a table: it reads links another writes.
+            table = (
+                self.catalog.associations.get(rel.secondary)
+                if viewonly
+                else self._association(info.parent.__name__, rel.secondary)
+            )
             if table is None:
                 continue
             local = {

@@ -111,7 +111,9 @@ class VersioningManager:
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)
         self._listen(sa.engine.Engine, "before_execute", recorder.before_execute)
-        self._listen(sa.engine.Engine, "savepoint", begin_before_first_savepoint)
+        # One listener per manager (SQLAlchemy keeps one registration per function), so
+        # removing one manager leaves the others' in place.
+        self._listen(sa.engine.Engine, "savepoint", partial(begin_before_first_savepoint))
         self.catalog.infos[:] = [info for info in self.catalog.infos if info.live]
         for info in self.catalog.infos:
             self._listen_model(info)

@@ -12,12 +12,14 @@ They are added after mappers are configured, when the models' relationships are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty, foreign, relationship, remote
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import BinaryExpression, BooleanClauseList
 
 from ._info import LinkVersioning, VersionInfo
 from ._models import Version
@@ -68,6 +70,18 @@ def _temporal_twin(info: VersionInfo, rel: RelationshipProperty[Any]) -> Any:
         (foreign(lc) == remote(rc)) if foreign_on_local else (lc == foreign(remote(rc)))
         for lc, rc in zip(local_cols, remote_cols, strict=True)
     ]
+    extra = _extra_criteria(
+        rel.primaryjoin,
+        [(lc, rc) for lc, rc in pairs],
+        lambda col: (
+            _remote_version_column(target, rel, col)
+            if col._annotations.get("remote")
+            else _local_version_column(info, rel, col)
+        ),
+    )
+    if extra is None:
+        return None  # a condition names a column that is not versioned
+    criteria += extra
     if target is not None:
         tx = info.tables[0].version_table.c.transaction_id
         criteria.append(valid_at(_Remote(target.tables[0].version_table), tx))
@@ -109,7 +123,7 @@ def _many_to_many_twin(
     owner = owner_table.alias(identifier(f"{owner_table.name}_owner"))
     links_at = (
         sa.select(
-            *[assoc.c[c] for c in link.table.key_columns],
+            *[assoc.c[c] for c in link.table.attrs.values()],
             owner.c.transaction_id.label("at_transaction_id"),
         )
         .join(
@@ -125,9 +139,29 @@ def _many_to_many_twin(
         .subquery(identifier(f"{assoc.name}_at"))
     )
     at = links_at.c.at_transaction_id
+    secondary = rel.secondary
+
+    def on_links(col: sa.Column[Any]) -> Any:
+        return links_at.c[col.key] if col.table is secondary else None
+
+    extra_primary = _extra_criteria(
+        rel.primaryjoin,
+        rel.synchronize_pairs,
+        lambda col: (
+            on_links(col) if col.table is secondary else _local_version_column(info, rel, col)
+        ),
+    )
+    extra_secondary = _extra_criteria(
+        rel.secondaryjoin,
+        rel.secondary_synchronize_pairs or [],
+        lambda col: on_links(col) if col.table is secondary else _target_column(target, rel, col),
+    )
+    if extra_primary is None or extra_secondary is None:
+        return None  # a condition names a column that is not versioned
     primaryjoin = sa.and_(
         *[info.column(a) == links_at.c[col] for col, a in link.local_attrs.items()],
         owner_table.c.transaction_id == at,
+        *extra_primary,
     )
     if target is None:
         target_cls: Any = rel.mapper.class_
@@ -135,13 +169,15 @@ def _many_to_many_twin(
             *[
                 rel.mapper.get_property(a).columns[0] == links_at.c[col]
                 for col, a in link.remote_attrs.items()
-            ]
+            ],
+            *extra_secondary,
         )
     else:
         target_cls = target.version_class
         secondaryjoin = sa.and_(
             *[target.column(a) == links_at.c[col] for col, a in link.remote_attrs.items()],
             valid_at(target.tables[0].version_table.c, at),
+            *extra_secondary,
         )
     return relationship(
         target_cls,
@@ -152,6 +188,79 @@ def _many_to_many_twin(
         viewonly=True,
         lazy="select",
     )
+
+
+def _conjuncts(join: Any) -> list[Any]:
+    if isinstance(join, BooleanClauseList) and join.operator is operators.and_:
+        return list(join.clauses)
+    return [join]
+
+
+def _column_key(col: Any) -> tuple[Any, str] | None:
+    return (col.table, col.key) if isinstance(col, sa.Column) else None
+
+
+def _extra_criteria(
+    join: Any,
+    pairs: Sequence[tuple[Any, Any]],
+    adapt: Callable[[sa.Column[Any]], Any],
+) -> list[Any] | None:
+    """The conditions of a relationship's join beyond its column pairs, on version columns.
+
+    ``adapt`` maps a column of the model's join to the column the temporal twin compares
+    instead (``None``: not versioned, so the twin cannot be built).
+    """
+    if join is None:
+        return []
+    paired = {frozenset({(a.table, a.key), (b.table, b.key)}) for a, b in pairs}
+    out: list[Any] = []
+    missing = False
+
+    def replace(element: Any, **kw: Any) -> Any:
+        nonlocal missing
+        if not isinstance(element, sa.Column):
+            return None
+        adapted = adapt(element)
+        if adapted is None:
+            missing = True
+        return adapted
+
+    for clause in _conjuncts(join):
+        if (
+            isinstance(clause, BinaryExpression)
+            and clause.operator is operators.eq
+            and frozenset({_column_key(clause.left), _column_key(clause.right)}) in paired
+        ):
+            continue
+        options: dict[str, Any] = {}
+        adapted = visitors.replacement_traverse(clause, options, replace)
+        if missing:
+            return None
+        out.append(adapted)
+    return out
+
+
+def _local_version_column(info: VersionInfo, rel: RelationshipProperty[Any], col: Any) -> Any:
+    try:
+        return info.column(rel.parent.get_property_by_column(col._deannotate()).key)
+    except (KeyError, sa.orm.exc.UnmappedColumnError):
+        return None
+
+
+def _target_column(target: VersionInfo | None, rel: RelationshipProperty[Any], col: Any) -> Any:
+    if target is None:
+        return col._deannotate()
+    try:
+        return target.column(rel.mapper.get_property_by_column(col._deannotate()).key)
+    except (KeyError, sa.orm.exc.UnmappedColumnError):
+        return None
+
+
+def _remote_version_column(
+    target: VersionInfo | None, rel: RelationshipProperty[Any], col: Any
+) -> Any:
+    found = _target_column(target, rel, col)
+    return None if found is None else remote(found)
 
 
 def _version_columns(

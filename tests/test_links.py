@@ -252,3 +252,102 @@ async def test_many_to_many_with_one_value(shelf: Shelf, engine: AsyncEngine) ->
         await session.commit()
         rows = (await session.execute(sa.select(shelf.Base.metadata.tables["book_main_tag"]))).all()
         assert rows == []
+
+
+# --- relationships with extra join criteria -------------------------------------------------
+
+
+@dataclass
+class Desk:
+    Base: type[DeclarativeBase]
+    Memo: type[Any]
+    Note: type[Any]
+    Label: type[Any]
+
+
+@pytest.fixture
+def desk() -> Iterator[Desk]:
+    make_versioned()
+
+    class Base(DeclarativeBase):
+        pass
+
+    memo_label = sa.Table(
+        "memo_label",
+        Base.metadata,
+        sa.Column("memo_id", sa.ForeignKey("memo.id"), primary_key=True),
+        sa.Column("label_id", sa.ForeignKey("label.id"), primary_key=True),
+    )
+
+    class Label(Base):
+        __tablename__ = "label"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(sa.String(20))
+
+    class Note(Base):
+        __tablename__ = "note"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        memo_id: Mapped[int] = mapped_column(sa.ForeignKey("memo.id"))
+        approved: Mapped[bool] = mapped_column(default=False)
+
+    class Memo(Base):
+        __tablename__ = "memo"
+        __versioned__ = {}
+        id: Mapped[int] = mapped_column(primary_key=True)
+        notes: Mapped[list[Note]] = relationship()
+        approved_notes: Mapped[list[Note]] = relationship(
+            primaryjoin=lambda: sa.and_(Note.memo_id == Memo.id, Note.approved.is_(True)),
+            viewonly=True,
+        )
+        labels: Mapped[list[Label]] = relationship(secondary=memo_label)
+        primary_labels: Mapped[list[Label]] = relationship(
+            secondary=memo_label,
+            secondaryjoin=lambda: sa.and_(
+                Label.id == memo_label.c.label_id, Label.kind == "primary"
+            ),
+            viewonly=True,
+        )
+
+    sa.orm.configure_mappers()
+    try:
+        yield Desk(Base, Memo, Note, Label)
+    finally:
+        remove_versioning()
+        Base.registry.dispose()
+
+
+async def test_extra_join_criteria_are_kept(desk: Desk, async_url: str) -> None:
+    engine = create_async_engine(async_url)
+    try:
+        await reset_schema(engine, desk.Base.metadata)
+        V = version_class(desk.Memo)
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            primary, other = desk.Label(id=1, kind="primary"), desk.Label(id=2, kind="other")
+            memo = desk.Memo(id=1, labels=[primary, other])
+            memo.notes = [desk.Note(id=1, approved=True), desk.Note(id=2, approved=False)]
+            session.add(memo)
+            await session.commit()
+            [version] = (
+                await session.scalars(
+                    sa.select(V).options(
+                        selectinload(V.notes),
+                        selectinload(V.approved_notes),
+                        selectinload(V.labels),
+                        selectinload(V.primary_labels),
+                    )
+                )
+            ).all()
+            assert sorted(n.id for n in version.notes) == [1, 2]
+            assert [n.id for n in version.approved_notes] == [1]
+            assert sorted(label.id for label in version.labels) == [1, 2]
+            assert [label.id for label in version.primary_labels] == [1]
+            # lazy loading applies them too
+            session.expunge_all()
+            lazy = await session.get(V, (1, version.transaction_id))
+            assert lazy is not None
+            assert [n.id for n in await lazy.awaitable_attrs.approved_notes] == [1]
+            assert [label.id for label in await lazy.awaitable_attrs.primary_labels] == [1]
+    finally:
+        await engine.dispose()
