@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, UOWTransaction
-from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, instance_state
 
 from ._exceptions import ConfigurationError
 from ._info import Catalog, TableVersioning, VersionInfo
@@ -120,21 +120,27 @@ class Recorder:
     # --- mapper events ------------------------------------------------------------------------
 
     def after_insert(
-        self, info: VersionInfo, mapper: Mapper[Any], connection: Connection, target: Any
+        self,
+        info: VersionInfo,
+        mapper: Mapper[Any],
+        connection: Connection,
+        state: InstanceState[Any],
     ) -> None:
         """Note the new row (in every table of the model)."""
-        state: InstanceState[Any] = sa.inspect(target)
         self._note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
 
     def after_update(
-        self, info: VersionInfo, mapper: Mapper[Any], connection: Connection, target: Any
+        self,
+        info: VersionInfo,
+        mapper: Mapper[Any],
+        connection: Connection,
+        state: InstanceState[Any],
     ) -> None:
         """Note the row if a tracked column really changed.
 
         A changed primary key is recorded as what it is for history: the old key's row is gone
         (DELETE, with its last values) and a row with the new key appeared (INSERT).
         """
-        state: InstanceState[Any] = sa.inspect(target)
         committed = state.committed_state
         if not committed:
             return
@@ -162,10 +168,13 @@ class Recorder:
         self._note(info, state, key, Operation.INSERT, None)
 
     def before_delete(
-        self, info: VersionInfo, mapper: Mapper[Any], connection: Connection, target: Any
+        self,
+        info: VersionInfo,
+        mapper: Mapper[Any],
+        connection: Connection,
+        state: InstanceState[Any],
     ) -> None:
         """Note the row with its last values (the row is gone after the flush)."""
-        state: InstanceState[Any] = sa.inspect(target)
         key = state.identity
         assert key is not None
         session = state.session
@@ -261,12 +270,12 @@ class Recorder:
         update records nothing if the value assigned is the value stored.
         """
         for obj in session.new:
-            self._check_versioned(sa.inspect(obj))
+            self._check_versioned(instance_state(obj))
         if self._catalog.associations:
             self._watch_associations(session)
         wanted: dict[VersionInfo, list[Key]] = {}
         for obj in session.dirty:
-            state: InstanceState[Any] = sa.inspect(obj)
+            state: InstanceState[Any] = instance_state(obj)
             self._check_versioned(state)
             info = self._info_of(state)
             if info is not None and any(
@@ -275,7 +284,7 @@ class Recorder:
             ):
                 wanted.setdefault(info, []).append(_identity(state))
         for obj in session.deleted:
-            state = sa.inspect(obj)
+            state = instance_state(obj)
             self._check_versioned(state)
             info = self._info_of(state)
             if info is not None and len(_stored_values(info, state)) < len(info.attrs):

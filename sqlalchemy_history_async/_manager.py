@@ -197,12 +197,13 @@ class VersioningManager:
 
     def _listen_model(self, info: VersionInfo) -> None:
         recorder, mapper = self._recorder, info.parent_mapper
-        self._listen(mapper, "after_insert", partial(recorder.after_insert, info))
-        self._listen(mapper, "after_update", partial(recorder.after_update, info))
-        self._listen(mapper, "before_delete", partial(recorder.before_delete, info))
+        # raw=True: the listeners get the InstanceState, not the object
+        self._listen(mapper, "after_insert", partial(recorder.after_insert, info), raw=True)
+        self._listen(mapper, "after_update", partial(recorder.after_update, info), raw=True)
+        self._listen(mapper, "before_delete", partial(recorder.before_delete, info), raw=True)
 
-    def _listen(self, target: Any, name: str, fn: Callable[..., Any]) -> None:
-        event.listen(target, name, fn)
+    def _listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
+        event.listen(target, name, fn, **kw)
         self._listeners.append((target, name, fn))
 
 
