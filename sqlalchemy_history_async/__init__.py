@@ -5,7 +5,12 @@ Coroutines have the plain name (``version_at``, ``changes_in``, ``stream_changes
 ``Version.revert``); each has a sync twin of the same name with ``_sync``.
 """
 
-from ._context import TransactionContext, current_context, versioning_context
+from ._context import (
+    TransactionContext,
+    current_context,
+    versioning_context,
+    versioning_disabled,
+)
 from ._exceptions import ConfigurationError, NotVersionedError, RevertError, VersioningError
 from ._feed import Change, select_changes, stream_changes, stream_changes_sync
 from ._manager import VersioningManager, make_versioned, remove_versioning
@@ -60,6 +65,7 @@ __all__ = [
     "version_at_sync",
     "version_class",
     "versioning_context",
+    "versioning_disabled",
 ]
 
 # Public classes and functions say they live here, so reprs, tracebacks and generated code

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, instance_state
 
+from ._context import recording
 from ._exceptions import ConfigurationError
 from ._info import Catalog, TableVersioning, VersionInfo
 from ._schema import INFO_KEY, Operation
@@ -127,6 +128,8 @@ class Recorder:
         state: InstanceState[Any],
     ) -> None:
         """Note the new row (in every table of the model)."""
+        if not recording():
+            return
         self._note(info, state, _key_from_dict(info, state), Operation.INSERT, None)
 
     def after_update(
@@ -142,7 +145,7 @@ class Recorder:
         (DELETE, with its last values) and a row with the new key appeared (INSERT).
         """
         committed = state.committed_state
-        if not committed:
+        if not committed or not recording():
             return
         session = state.session
         assert session is not None
@@ -175,6 +178,8 @@ class Recorder:
         state: InstanceState[Any],
     ) -> None:
         """Note the row with its last values (the row is gone after the flush)."""
+        if not recording():
+            return
         key = state.identity
         assert key is not None
         session = state.session
@@ -269,6 +274,8 @@ class Recorder:
         attribute was assigned without its old value being known (expired, deferred): the
         update records nothing if the value assigned is the value stored.
         """
+        if not recording():
+            return
         for obj in session.new:
             self._check_versioned(instance_state(obj))
         if self._catalog.associations:

@@ -18,7 +18,13 @@ from typing import Any
 
 from ._schema import REMOTE_ADDR_LENGTH
 
-__all__ = ["TransactionContext", "current_context", "versioning_context"]
+__all__ = [
+    "TransactionContext",
+    "current_context",
+    "recording",
+    "versioning_context",
+    "versioning_disabled",
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,41 @@ _EMPTY = TransactionContext()
 _current: contextvars.ContextVar[TransactionContext] = contextvars.ContextVar(
     "sqlalchemy_history_async_context", default=_EMPTY
 )
+
+
+_disabled: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlalchemy_history_async_disabled", default=False
+)
+
+
+def recording() -> bool:
+    """False inside :func:`versioning_disabled` (for the running task)."""
+    return not _disabled.get()
+
+
+@contextmanager
+def versioning_disabled() -> Iterator[None]:
+    """Record no history for flushes made inside, in the running task only.
+
+    For data migrations, backfills and test fixtures::
+
+        with versioning_disabled():
+            session.add_all(fixtures)
+            await session.commit()
+
+    What is written inside leaves no version and no transaction row; other tasks and threads
+    keep recording, and recording resumes when the block ends. The check happens when a
+    flush writes, so flush or commit inside the block. History then does not know those
+    writes: a row inserted inside has no ``INSERT`` version (its first recorded change is an
+    ``UPDATE`` without a previous version), a row changed inside shows the change folded into
+    its next recorded version, and a row deleted inside keeps its last version open, so
+    ``select_as_of()`` still shows it.
+    """
+    token = _disabled.set(True)
+    try:
+        yield
+    finally:
+        _disabled.reset(token)
 
 
 def current_context() -> TransactionContext:
