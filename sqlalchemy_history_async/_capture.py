@@ -56,11 +56,15 @@ Seen = dict[TableVersioning, dict[Key, _KeyState]]
 
 
 #: A key's change in this flush: the first operation seen (did the row exist before?), the
-#: last one, and for deletes the row's last values by column key.
-Pending = tuple[Operation, Operation, Row | None]
+#: last one (``None``: the row is back to what it held when the transaction began), and for
+#: deletes the row's last values by column key.
+Pending = tuple[Operation | None, Operation | None, Row | None]
+
+#: An attribute's value at the start of the transaction that is not known.
+_UNKNOWN = object()
 
 
-def _pend(pending: dict[Key, Pending], key: Key, op: Operation, row: Row | None) -> None:
+def _pend(pending: dict[Key, Pending], key: Key, op: Operation | None, row: Row | None) -> None:
     earlier = pending.get(key)
     pending[key] = (op if earlier is None else earlier[0], op, row)
 
@@ -79,6 +83,9 @@ class UnitOfWork:
     watching: set[Connection] = field(default_factory=set)
     # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
+    # Values the attributes changed so far had when the transaction began, per row: a row
+    # changed and changed back by later flushes records nothing.
+    originals: dict[tuple[VersionInfo, Key], dict[str, Any]] = field(default_factory=dict)
     savepoints: dict[SessionTransaction, tuple[int | None, Seen, int]] = field(default_factory=dict)
 
 
@@ -149,13 +156,15 @@ class Recorder:
             return
         session = state.session
         assert session is not None
-        stored = self.uow(session).preloaded.get(info, {}).get(state.identity or ())
+        uow = self.uow(session)
+        stored = uow.preloaded.get(info, {}).get(state.identity or ())
         if not any(_changed(info, state, attr, stored) for attr in committed.keys() & info.watched):
             return
         key = _key_from_dict(info, state)
         old_key = state.identity  # still the key the row was loaded with
         if old_key is None or old_key == key:
-            self._note(info, state, key, Operation.UPDATE, None)
+            back = self._back_to_start(uow, info, state, key, stored)
+            self._note(info, state, key, None if back else Operation.UPDATE, None)
             return
         old: dict[str, Any] = {}
         for attr in info.attrs:
@@ -169,6 +178,41 @@ class Recorder:
             old = {**self.writer.load_values(connection, info, [key]).get(key, {}), **old}
         self._note(info, state, old_key, Operation.DELETE, old)
         self._note(info, state, key, Operation.INSERT, None)
+
+    def _back_to_start(
+        self,
+        uow: UnitOfWork,
+        info: VersionInfo,
+        state: InstanceState[Any],
+        key: Key,
+        stored: dict[str, Any] | None,
+    ) -> bool:
+        """Whether every attribute this transaction changed holds its starting value again."""
+        seen = uow.seen.get(info.tables[0], {}).get(key)
+        if seen is not None and not seen.existed_before:
+            return False  # inserted by this transaction
+        committed = state.committed_state
+        if any(a not in info.attr_set for a in committed.keys() & info.watched):
+            return False  # a tracked relationship changed
+        originals = uow.originals.setdefault((info, key), {})
+        for attr in committed.keys() & info.attr_set:
+            if attr not in originals:
+                history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
+                if history.deleted:
+                    originals[attr] = history.deleted[0]
+                elif stored is not None and attr in stored:
+                    originals[attr] = stored[attr]
+                else:
+                    originals[attr] = _UNKNOWN
+        if seen is None:
+            return False  # the transaction's first change of the row changes something
+        for attr, original in originals.items():
+            if original is _UNKNOWN or attr not in state.dict:
+                return False
+            column = info.parent_mapper.get_property(attr).columns[0]
+            if not column.type.compare_values(original, state.dict[attr]):
+                return False
+        return True
 
     def before_delete(
         self,
@@ -198,7 +242,7 @@ class Recorder:
         info: VersionInfo,
         state: InstanceState[Any],
         key: Key,
-        op: Operation,
+        op: Operation | None,
         values: dict[str, Any] | None,
     ) -> None:
         session = state.session
@@ -428,7 +472,11 @@ def _plan(uow: UnitOfWork, table: TableVersioning, changes: dict[Key, Pending]) 
         ks = seen.get(key)
         if ks is None:
             ks = seen[key] = _KeyState(existed_before=first is not Operation.INSERT, has_row=False)
-        net = _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
+        net = (
+            None
+            if op is None  # back to what the row held when the transaction began
+            else _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
+        )
         if ks.has_row:
             plan.keys[Step.DROP].append(key)
             if net is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,27 +21,20 @@ from sqlalchemy_history_async import (
     ConfigurationError,
     Operation,
     make_versioned,
-    remove_versioning,
     select_changes,
     version_class,
     versioning_context,
 )
 
-from .conftest import reset_schema
+from .conftest import Bases, reset_schema
+from .models import runtime_version_class, table_of
 
 
 @pytest.fixture
-def base() -> Iterator[type[DeclarativeBase]]:
+def base(bases: Bases) -> type[DeclarativeBase]:
+    """A fresh declarative base, versioned by ``make_versioned()``."""
     make_versioned()
-
-    class Base(DeclarativeBase):
-        pass
-
-    try:
-        yield Base
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return bases()
 
 
 # --- definition time ------------------------------------------------------------------------
@@ -74,13 +67,13 @@ def test_bookkeeping_name_excluded_is_fine(base: type[DeclarativeBase]) -> None:
         transaction_id: Mapped[int]
 
     V = version_class(Ledger)
-    assert [c.name for c in V.__table__.c].count("transaction_id") == 1
+    assert [c.name for c in table_of(V).c].count("transaction_id") == 1
 
 
 def test_concrete_inheritance_is_rejected(base: type[DeclarativeBase]) -> None:
     class Employee(base):  # type: ignore[valid-type, misc]
         __tablename__ = "employee"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         name: Mapped[str]
 
@@ -97,7 +90,7 @@ def test_concrete_inheritance_is_rejected(base: type[DeclarativeBase]) -> None:
 def test_single_table_subclass_version_has_a_table(base: type[DeclarativeBase]) -> None:
     class Animal(base):  # type: ignore[valid-type, misc]
         __tablename__ = "animal"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str]
         __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
@@ -107,8 +100,8 @@ def test_single_table_subclass_version_has_a_table(base: type[DeclarativeBase]) 
         good: Mapped[bool | None]
 
     assert Dog.__table__ is Animal.__table__
-    assert version_class(Dog).__table__ is version_class(Animal).__table__
-    assert "good" in version_class(Dog).__table__.c
+    assert table_of(version_class(Dog)) is table_of(version_class(Animal))
+    assert "good" in table_of(version_class(Dog)).c
 
 
 def test_viewonly_relationships_are_not_versioned(base: type[DeclarativeBase]) -> None:
@@ -121,12 +114,12 @@ def test_viewonly_relationships_are_not_versioned(base: type[DeclarativeBase]) -
 
     class Tag(base):  # type: ignore[valid-type, misc]
         __tablename__ = "tag"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
 
     class Article(base):  # type: ignore[valid-type, misc]
         __tablename__ = "article"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         tags: Mapped[list[Tag]] = relationship(secondary=link, viewonly=True)
 
@@ -138,25 +131,25 @@ def test_viewonly_relationships_are_not_versioned(base: type[DeclarativeBase]) -
 def test_association_object_with_a_viewonly_shortcut(base: type[DeclarativeBase]) -> None:
     class Tag(base):  # type: ignore[valid-type, misc]
         __tablename__ = "tag"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
 
     class ArticleTag(base):  # type: ignore[valid-type, misc]
         __tablename__ = "article_tag"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         article_id: Mapped[int] = mapped_column(sa.ForeignKey("article.id"), primary_key=True)
         tag_id: Mapped[int] = mapped_column(sa.ForeignKey("tag.id"), primary_key=True)
         weight: Mapped[int] = mapped_column(default=1)
 
     class Article(base):  # type: ignore[valid-type, misc]
         __tablename__ = "article"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         tags: Mapped[list[Tag]] = relationship(secondary="article_tag", viewonly=True)
 
     sa.orm.configure_mappers()
     # one version table, the association object's, with its own column
-    assert "weight" in version_class(ArticleTag).__table__.c
+    assert "weight" in table_of(version_class(ArticleTag)).c
     assert version_class(Article).__history_info__.links == []
 
 
@@ -194,7 +187,7 @@ def test_context_rejects_long_remote_addr() -> None:
 def define_item(base: type[DeclarativeBase]) -> type[Any]:
     class Item(base):  # type: ignore[valid-type, misc]
         __tablename__ = "item"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         val: Mapped[int]
         note: Mapped[str | None] = mapped_column(sa.String(20))
@@ -216,7 +209,7 @@ async def test_delete_records_the_stored_values_not_pending_ones(
     base: type[DeclarativeBase], engine: AsyncEngine, expire: bool
 ) -> None:
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     await reset_schema(engine, base.metadata)
     async with async_sessionmaker(engine, expire_on_commit=expire)() as session:
         item = Item(id=1, val=1, note="kept")
@@ -234,7 +227,7 @@ async def test_delete_records_the_stored_values_not_pending_ones(
 
 def test_delete_records_the_stored_values_sync(base: type[DeclarativeBase], tmp_path: Any) -> None:
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
     base.metadata.create_all(engine)
     try:
@@ -261,12 +254,12 @@ LONG = "inventory_adjustment_requests_awaiting_regional_approval_xy"  # 59 chara
 async def test_long_table_name(base: type[DeclarativeBase], engine: AsyncEngine) -> None:
     class Adjustment(base):  # type: ignore[valid-type, misc]
         __tablename__ = LONG
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         qty: Mapped[int]
 
     V = version_class(Adjustment)
-    name = V.__table__.name
+    name = table_of(V).name
     assert len(LONG + "_version") > 63
     assert len(name) == 63
     assert name.startswith(LONG[:54])
@@ -301,7 +294,7 @@ async def test_long_table_name(base: type[DeclarativeBase], engine: AsyncEngine)
 def define_memo(base: type[DeclarativeBase]) -> type[Any]:
     class Memo(base):  # type: ignore[valid-type, misc]
         __tablename__ = "memo"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str] = mapped_column(sa.String(20))
         body: Mapped[str | None] = mapped_column(sa.Text, deferred=True)
@@ -310,7 +303,7 @@ def define_memo(base: type[DeclarativeBase]) -> type[Any]:
 
 
 async def memo_history(session: Any, memo: type[Any]) -> list[tuple[Any, ...]]:
-    V = version_class(memo)
+    V = runtime_version_class(memo)
     rows = await session.execute(
         sa.select(V.title, V.body, V.operation_type).order_by(V.transaction_id)
     )
@@ -358,7 +351,7 @@ def test_assigning_the_stored_value_records_nothing_sync(
     base: type[DeclarativeBase], tmp_path: Any
 ) -> None:
     Memo = define_memo(base)
-    V = version_class(Memo)
+    V = runtime_version_class(Memo)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
     base.metadata.create_all(engine)
     try:
@@ -382,7 +375,7 @@ async def test_sqlite_savepoint_first_then_rollback(
     base: type[DeclarativeBase], tmp_path: Any, then: str
 ) -> None:
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'sp.db'}")
     try:
         await reset_schema(engine, base.metadata)
@@ -401,7 +394,7 @@ def test_sqlite_savepoint_first_then_rollback_sync(
     base: type[DeclarativeBase], tmp_path: Any
 ) -> None:
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'sp.db'}")
     base.metadata.create_all(engine)
     try:
@@ -411,5 +404,70 @@ def test_sqlite_savepoint_first_then_rollback_sync(
             session.rollback()
             assert session.scalars(sa.select(Item)).all() == []
             assert session.scalars(sa.select(V)).all() == []
+    finally:
+        engine.dispose()
+
+
+# --- changed, then changed back, by later flushes of one transaction ---------------------------
+
+
+@pytest.mark.parametrize(
+    "steps, recorded",
+    [
+        ([{"val": 2}, {"val": 1}], []),
+        ([{"val": 2}, {"val": 3}], [(3, "x")]),
+        ([{"val": 2}, {"val": 1}, {"val": 2}], [(2, "x")]),
+        ([{"val": 2}, {"note": "y"}, {"val": 1}], [(1, "y")]),
+        ([{"val": 2, "note": "y"}, {"note": "x"}, {"val": 1}], []),
+    ],
+    ids=["back", "forward", "back-and-forth", "other-column-stays", "both-back"],
+)
+async def test_changed_back_across_flushes(
+    base: type[DeclarativeBase],
+    engine: AsyncEngine,
+    steps: list[dict[str, Any]],
+    recorded: list[tuple[int, str]],
+) -> None:
+    """Each step is one flush; the transaction records only its net change."""
+    Item = define_item(base)
+    V = version_class(Item)
+    Tx = base.metadata.tables["transaction"]
+    await reset_schema(engine, base.metadata)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        item, other = Item(id=1, val=1, note="x"), Item(id=2, val=1, note="x")
+        session.add_all([item, other])
+        await session.commit()
+        for step in steps:
+            for attr, value in step.items():
+                setattr(item, attr, value)
+            await session.flush()
+        await session.commit()
+        updates = await session.execute(
+            sa.select(V.val, V.note).where(V.id == 1, V.operation_type == Operation.UPDATE)
+        )
+        assert [tuple(r) for r in updates] == recorded
+        count = sa.select(sa.func.count()).select_from(Tx)
+        assert (await session.execute(count)).scalar_one() == 1 + bool(recorded)
+        # the chain stays whole: the insert version is open again when nothing was recorded
+        inserted = sa.select(V).where(V.id == 1, V.operation_type == Operation.INSERT)
+        [first] = (await session.scalars(inserted)).all()
+        assert (first.end_transaction_id is None) == (not recorded)
+
+
+def test_changed_back_across_flushes_sync(base: type[DeclarativeBase], tmp_path: Any) -> None:
+    Item = define_item(base)
+    V = version_class(Item)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    base.metadata.create_all(engine)
+    try:
+        with sessionmaker(engine)() as session:
+            item = Item(id=1, val=1, note="x")
+            session.add(item)
+            session.commit()
+            item.val = 2
+            session.flush()
+            item.val = 1
+            session.commit()
+            assert session.scalars(sa.select(V.operation_type)).all() == [Operation.INSERT]
     finally:
         engine.dispose()
