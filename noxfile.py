@@ -1,6 +1,7 @@
 """Nox sessions for sqlalchemy-history-async.
 
-    nox -s tests                         # lint, type-check and test against SQLAlchemy 2.1 and 2.0
+    nox -s tests                         # lint and test against SQLAlchemy 2.1 and 2.0
+                                         # (type-check against 2.1)
     nox -s "tests(sqlalchemy='2.0')"     # a single SQLAlchemy line
     nox -s tests -- -k revert -x         # arguments after ``--`` go to pytest
     nox -s lint                          # ruff + mypy only
@@ -23,27 +24,37 @@ nox.options.sessions = ["tests"]
 SQLALCHEMY_LINES = {"2.1": ">=2.1,<2.2", "2.0": ">=2.0,<2.1"}
 
 
-def _lint(session: nox.Session) -> None:
+#: The SQLAlchemy line whose typing the code is checked against.
+TYPED_LINE = "2.1"
+
+
+def _lint(session: nox.Session, *, typecheck: bool = True) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy")
+    if typecheck:
+        session.run("mypy")
 
 
 @nox.session
 @nox.parametrize("sqlalchemy", list(SQLALCHEMY_LINES))
 def tests(session: nox.Session, sqlalchemy: str) -> None:
-    """Lint, type-check and run the test suite against one SQLAlchemy release line."""
+    """Lint and run the test suite against one SQLAlchemy release line (type-check on 2.1)."""
     session.install("-e", ".[test,lint]")
     session.install(f"sqlalchemy[asyncio]{SQLALCHEMY_LINES[sqlalchemy]}")
     session.run("python", "-c", "import sqlalchemy; print('SQLAlchemy', sqlalchemy.__version__)")
-    _lint(session)
+    # mypy runs against SQLAlchemy 2.1 only. The two lines type ``Select`` incompatibly: 2.0
+    # spells a statement ``Select[tuple[X]]``, 2.1 ``Select[X]`` (a TypeVarTuple), and no
+    # annotation satisfies both. The code follows 2.1; the 2.0 session runs the tests, which
+    # check the same code at run time.
+    _lint(session, typecheck=sqlalchemy == TYPED_LINE)
     session.run("pytest", *(session.posargs or ["-q", "-ra"]))
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff (lint and formatting) and mypy only."""
-    session.install("-e", ".[lint]")
+    """Ruff (lint and formatting) and mypy (against SQLAlchemy 2.1) only."""
+    session.install("-e", ".[test,lint]")
+    session.install(f"sqlalchemy[asyncio]{SQLALCHEMY_LINES[TYPED_LINE]}")
     _lint(session)
 
 

@@ -52,7 +52,7 @@ class User(Base):
 
 class Product(Base):
     __tablename__ = "product"
-    __versioned__ = {}
+    __versioned__: dict[str, Any] = {}
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100))
     price: Mapped[Decimal] = mapped_column(sa.Numeric(10, 2))
@@ -60,13 +60,15 @@ class Product(Base):
 
 class Order(Base):
     __tablename__ = "shop_order"
-    __versioned__ = {}
+    __versioned__: dict[str, Any] = {}
     id: Mapped[int] = mapped_column(primary_key=True)
     product_id: Mapped[int] = mapped_column(sa.ForeignKey("product.id"))
     quantity: Mapped[int]
     status: Mapped[str] = mapped_column(sa.String(20), default="open")
 
 
+# Any: the model's columns on its version class (ProductVersion.id) are typed by the mypy
+# plugin sqlalchemy_history_async.mypy; without it they are not known statically.
 ProductVersion: Any = version_class(Product)
 
 

@@ -38,14 +38,16 @@ class User(Base):
 
 class Article(Base):
     __tablename__ = "article"
-    __versioned__ = {}
+    __versioned__: dict[str, Any] = {}
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(sa.String(200))
     body: Mapped[str | None] = mapped_column(sa.Text)
 
 
+# Any: the model's columns on its version class (ArticleVersion.id) are typed by the mypy
+# plugin sqlalchemy_history_async.mypy; without it they are not known statically.
 ArticleVersion: Any = version_class(Article)  # configures the mappers
-ArticleTransaction: Any = transaction_class(Article)
+ArticleTransaction = transaction_class(Article)
 
 
 async def main(url: str) -> None:

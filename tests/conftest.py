@@ -6,14 +6,21 @@ PostgreSQL and MariaDB are throwaway servers started for the run (``devservers/`
 repository root), or ``HISTORY_TEST_PG_URL`` / ``HISTORY_TEST_MARIADB_URL`` when set. If a
 selected server cannot be started, the run fails: it never skips silently.
 Sync-``Session`` tests use sqlite3, psycopg and PyMySQL on the same databases.
+
+Models: each test module gets its own manager and classes from one factory,
+``models = versioned_models(define)`` (the shared ``tests/models.py`` set by default); tests that
+install managers themselves use the ``bases`` fixture. Faces: a test that takes ``run`` is
+written once, as a function of a sync ``Session``, and runs through ``AsyncSession`` and through
+``Session`` (ids ``[sqlite-async]``, ``[sqlite-sync]``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -23,11 +30,14 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from sqlalchemy_history_async import make_versioned, remove_versioning
+from sqlalchemy_history_async import VersioningManager, make_versioned, remove_versioning
 
-from .models import Models, define_models
+from .models import define_models
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DATABASES = [
     d.strip()
@@ -84,17 +94,128 @@ def mariadb_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Models]:
-    """A fresh versioning manager and model set for each test module."""
-    make_versioned(user_cls="User")
-    ns = define_models()
+# --- models -------------------------------------------------------------------------------------
+
+
+class ModelSet(Protocol):
+    """What a model-defining function returns: its classes, and the fresh base they share."""
+
+    @property
+    def Base(self) -> type[DeclarativeBase]: ...
+
+
+ModelsT = TypeVar("ModelsT", bound=ModelSet)
+
+
+class ManagerKeywords(TypedDict, total=False):
+    """Keyword arguments of :func:`make_versioned`."""
+
+    user_cls: type[Any] | str | None
+    user_id_type: sa.types.TypeEngine[Any] | None
+    transaction_table: str
+    transaction_schema: str | None
+
+
+@contextmanager
+def versioned(
+    define: Callable[[], ModelsT], **options: Unpack[ManagerKeywords]
+) -> Iterator[ModelsT]:
+    """``make_versioned(**options)``, then ``define()`` the models and configure the mappers.
+
+    On exit, versioning is removed and the models' registry disposed, so the next models start
+    from a clean slate. ``define`` makes a fresh declarative base for its models.
+    """
+    make_versioned(**options)
+    try:
+        models = define()
+    except BaseException:
+        remove_versioning()
+        raise
     try:
         sa.orm.configure_mappers()
-        yield ns
+        yield models
     finally:
         remove_versioning()
-        ns.Base.registry.dispose()
+        models.Base.registry.dispose()
+
+
+def versioned_models(
+    define: Callable[[], ModelsT],
+    *,
+    scope: Literal["module", "class"] = "module",
+    **options: Unpack[ManagerKeywords],
+) -> object:
+    """The ``models`` fixture of a test module: ``define()``'s models, versioned with ``options``.
+
+    Assign it to ``models`` at module level; every module (or class, with ``scope="class"``) gets
+    its own manager and classes::
+
+        models = versioned_models(define_zoo)
+    """
+
+    @pytest.fixture(scope=scope, name="models")
+    def fixture() -> Iterator[ModelsT]:
+        with versioned(define, **options) as models:
+            yield models
+
+    return fixture
+
+
+#: The shared models of ``tests/models.py``, for every module that does not define its own.
+models = versioned_models(define_models, user_cls="User")
+
+
+BaseT = TypeVar("BaseT", bound=type[DeclarativeBase])
+
+
+class Bases:
+    """Declarative bases and scoped managers made by one test; all undone after the test.
+
+    ``bases()`` makes a fresh base to build models on with ``type()``; a base declared in the test
+    itself (so that class statements can subclass it) is handed over with the ``@bases.track``
+    decorator.
+    """
+
+    def __init__(self) -> None:
+        self._bases: list[type[DeclarativeBase]] = []
+        self._managers: list[VersioningManager] = []
+
+    def __call__(self) -> type[DeclarativeBase]:
+        class Base(DeclarativeBase):
+            pass
+
+        return self.track(Base)
+
+    def track(self, base: BaseT) -> BaseT:
+        self._bases.append(base)
+        return base
+
+    def manager(
+        self, scope: object = None, **options: Unpack[ManagerKeywords]
+    ) -> VersioningManager:
+        """A :class:`VersioningManager` with ``options``, installed on ``scope``."""
+        manager = VersioningManager(**options)
+        self._managers.append(manager)
+        return manager.install(scope)
+
+    def close(self) -> None:
+        for manager in self._managers:
+            manager.remove()
+        remove_versioning()
+        for base in self._bases:
+            base.registry.dispose()
+
+
+@pytest.fixture
+def bases() -> Iterator[Bases]:
+    made = Bases()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+# --- databases -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(params=DATABASES)
@@ -110,6 +231,14 @@ def async_url(db: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     url: str = request.getfixturevalue("mariadb_url" if db == "mariadb" else "pg_url")
     return url
+
+
+def dialect_named(name: str) -> sa.Dialect:
+    """The default dialect of backend ``name`` (``"postgresql"``, ...), to compile without a server.
+
+    Made from a URL because SQLAlchemy's dialect classes have unannotated constructors.
+    """
+    return sa.make_url(f"{name}://").get_dialect()()
 
 
 async def reset_schema(engine: AsyncEngine, metadata: sa.MetaData) -> None:
@@ -144,7 +273,7 @@ def _drop_mysql_tables(conn: sa.Connection) -> None:
 
 
 @pytest.fixture
-async def engine(async_url: str, models: Models) -> AsyncIterator[AsyncEngine]:
+async def engine(async_url: str, models: ModelSet) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(async_url)
     await reset_schema(engine, models.Base.metadata)
     try:
@@ -199,13 +328,80 @@ def sync_session(sync_engine: sa.Engine) -> Iterator[Session]:
         yield session
 
 
+# --- one behaviour, both faces -------------------------------------------------------------------
+
+Face = Literal["async", "sync"]
+T = TypeVar("T")
+
+
+class Run:
+    """Runs a behaviour written once, as a function of a sync ``Session``, on one face::
+
+        async def test_rollback_records_nothing(models: Models, run: Run) -> None:
+            def behaviour(session: Session) -> None:
+                ...
+
+            await run(behaviour)
+
+    ``async``: ``await async_session.run_sync(behaviour)``, so the behaviour runs on the session
+    an ``AsyncSession`` wraps, over the async driver (aiosqlite, asyncpg, asyncmy), the way every
+    ``await async_session.commit()`` runs. ``sync``: ``behaviour(session)`` on a plain ``Session``
+    over the sync driver (sqlite3, psycopg, PyMySQL), on the same database. Each call opens a
+    session of its own and closes it afterwards.
+    """
+
+    def __init__(
+        self,
+        face: Face,
+        async_sessions: async_sessionmaker[AsyncSession],
+        sync_sessions: sessionmaker[Session],
+    ) -> None:
+        self.face = face
+        self._async_sessions = async_sessions
+        self._sync_sessions = sync_sessions
+
+    async def __call__(
+        self, behaviour: Callable[[Session], T], *, expire_on_commit: bool = False
+    ) -> T:
+        if self.face == "async":
+            async with self._async_sessions(expire_on_commit=expire_on_commit) as session:
+                return await session.run_sync(behaviour)
+        with self._sync_sessions(expire_on_commit=expire_on_commit) as sync_session:
+            return behaviour(sync_session)
+
+
+@pytest.fixture(params=["async", "sync"])
+def face(request: pytest.FixtureRequest) -> Face:
+    """The face a behaviour runs on: ``AsyncSession`` or ``Session``."""
+    name: Face = request.param
+    return name
+
+
+@pytest.fixture
+def run(db: str, face: Face, engine: AsyncEngine, sync_engine: sa.Engine) -> Run:
+    """:class:`Run` on ``face``. Requests ``db`` first, so ids read ``[sqlite-async]``."""
+    return Run(
+        face,
+        async_sessionmaker(engine, expire_on_commit=False),
+        sessionmaker(sync_engine, expire_on_commit=False),
+    )
+
+
 class StatementLog:
     """Statements sent on an engine, one entry per cursor execute (executemany counts once)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
 
-    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def __call__(
+        self,
+        conn: sa.Connection,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        context: object,
+        executemany: bool,
+    ) -> None:
         self.statements.append(statement)
 
     def clear(self) -> None:

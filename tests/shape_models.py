@@ -51,7 +51,7 @@ def define_shape_models() -> ShapeModels:
         """Composite primary key: an integer and a string."""
 
         __tablename__ = "placement"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         shelf: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
         slot: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
         item: Mapped[str] = mapped_column(sa.String(50))
@@ -61,7 +61,7 @@ def define_shape_models() -> ShapeModels:
         """UUID primary key generated in Python."""
 
         __tablename__ = "document"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
         title: Mapped[str] = mapped_column(sa.String(100))
         body: Mapped[str | None] = mapped_column(sa.Text)
@@ -70,7 +70,7 @@ def define_shape_models() -> ShapeModels:
         """Natural string primary key."""
 
         __tablename__ = "country"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         code: Mapped[str] = mapped_column(sa.String(2), primary_key=True)
         name: Mapped[str] = mapped_column(sa.String(100))
         population: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -79,7 +79,7 @@ def define_shape_models() -> ShapeModels:
         """``Identity()`` primary key (a plain autoincrement key where Identity is ignored)."""
 
         __tablename__ = "ticket"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(sa.Identity(), primary_key=True)
         subject: Mapped[str] = mapped_column(sa.String(100))
         open: Mapped[bool]
@@ -88,7 +88,7 @@ def define_shape_models() -> ShapeModels:
         """Attribute names differ from column names, in the primary key too."""
 
         __tablename__ = "account"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         region_: Mapped[str] = mapped_column("region", sa.String(10), primary_key=True)
         number: Mapped[int] = mapped_column("acct_no", primary_key=True, autoincrement=False)
         holder_name: Mapped[str] = mapped_column("holder", sa.String(100))
@@ -98,7 +98,7 @@ def define_shape_models() -> ShapeModels:
         """Columns the database fills in."""
 
         __tablename__ = "purchase_order"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         label: Mapped[str] = mapped_column(sa.String(50))
         status: Mapped[str] = mapped_column(sa.String(20), server_default=sa.text("'pending'"))
@@ -112,7 +112,7 @@ def define_shape_models() -> ShapeModels:
         """One column of each portable type."""
 
         __tablename__ = "specimen"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         data: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
         color: Mapped[Color | None] = mapped_column(sa.Enum(Color, name="specimen_color"))
@@ -136,7 +136,7 @@ def define_postgres_models() -> PostgresModels:
 
     class Measurement(Base):
         __tablename__ = "measurement"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         readings: Mapped[list[int] | None] = mapped_column(postgresql.ARRAY(sa.Integer))
         labels: Mapped[list[str] | None] = mapped_column(postgresql.ARRAY(sa.String(20)))
@@ -146,14 +146,14 @@ def define_postgres_models() -> PostgresModels:
         """Same table name as ArchivedNote, in the default schema."""
 
         __tablename__ = "note"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         body: Mapped[str] = mapped_column(sa.String(200))
 
     class ArchivedNote(Base):
         __tablename__ = "note"
         __table_args__ = {"schema": "archive"}
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         body: Mapped[str] = mapped_column(sa.String(200))
         tags: Mapped[list[str] | None] = mapped_column(postgresql.ARRAY(sa.String(20)))

@@ -5,18 +5,17 @@ about a model's own options come from that statement; errors that depend on a us
 a string that is not defined yet come from ``configure_mappers()``.
 
 Each test installs its own manager and defines its own models on a fresh declarative base; the
-``new_base`` fixture removes the manager and disposes every base's registry afterwards, so a
+``bases`` fixture removes the manager and disposes every base's registry afterwards, so a
 model that failed to build cannot break later tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sqlalchemy_history_async import (
@@ -31,41 +30,13 @@ from sqlalchemy_history_async import (
     version_class,
 )
 
-from .conftest import reset_schema
-
-BaseFactory = Callable[[], type[DeclarativeBase]]
-
-
-@pytest.fixture
-def new_base() -> Iterator[BaseFactory]:
-    """Make fresh declarative bases; afterwards remove versioning and dispose their registries."""
-    bases: list[type[DeclarativeBase]] = []
-
-    def make() -> type[DeclarativeBase]:
-        class Base(DeclarativeBase):
-            pass
-
-        bases.append(Base)
-        return Base
-
-    try:
-        yield make
-    finally:
-        remove_versioning()
-        for base in bases:
-            base.registry.dispose()
+from .conftest import Bases, reset_schema
+from .models import define_model, runtime_version_class, table_of
 
 
-def define_article(base: type[DeclarativeBase], versioned: Any = None) -> type[Any]:
+def define_article(base: type[DeclarativeBase], versioned: object = None) -> type[Any]:
     """A small model on ``base``; ``versioned`` is its ``__versioned__`` (``{}`` by default)."""
-
-    class Article(base):
-        __tablename__ = "article"
-        __versioned__ = {} if versioned is None else versioned
-        id: Mapped[int] = mapped_column(primary_key=True)
-        title: Mapped[str] = mapped_column(sa.String(50))
-
-    return Article
+    return define_model(base, "Article", "article", versioned)
 
 
 def test_errors_share_one_base_class() -> None:
@@ -77,19 +48,19 @@ def test_errors_share_one_base_class() -> None:
 # --- __versioned__ options --------------------------------------------------------------------
 
 
-def test_unknown_versioned_key(new_base: BaseFactory) -> None:
+def test_unknown_versioned_key(bases: Bases) -> None:
     make_versioned()
     with pytest.raises(ConfigurationError) as exc:
-        define_article(new_base(), {"exclude": [], "excludes": ["title"]})
+        define_article(bases(), {"exclude": [], "excludes": ["title"]})
     message = str(exc.value)
     assert "Article" in message
     assert "'excludes'" in message
 
 
-def test_failed_model_keeps_failing_with_the_same_error(new_base: BaseFactory) -> None:
+def test_failed_model_keeps_failing_with_the_same_error(bases: Bases) -> None:
     """A model that failed to build is never left silently unversioned."""
     make_versioned()
-    Base = new_base()
+    Base = bases()
     with pytest.raises(ConfigurationError) as first:
         define_article(Base, {"bogus": True})
     assert "'bogus'" in str(first.value)
@@ -103,9 +74,12 @@ def test_failed_model_keeps_failing_with_the_same_error(new_base: BaseFactory) -
 
 
 @pytest.mark.parametrize("versioned", [["exclude"], None, True, "exclude"])
-def test_versioned_not_a_dict(new_base: BaseFactory, versioned: Any) -> None:
+def test_versioned_not_a_dict(bases: Bases, versioned: Any) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     with pytest.raises(ConfigurationError) as exc:
 
@@ -125,29 +99,32 @@ def test_versioned_not_a_dict(new_base: BaseFactory, versioned: Any) -> None:
     ["title", ["title", 1], None, 5, {"title": True}],
     ids=["bare-string", "non-string-item", "none", "int", "dict"],
 )
-def test_exclude_not_a_list_of_names(new_base: BaseFactory, exclude: Any) -> None:
+def test_exclude_not_a_list_of_names(bases: Bases, exclude: Any) -> None:
     make_versioned()
     with pytest.raises(ConfigurationError) as exc:
-        define_article(new_base(), {"exclude": exclude})
+        define_article(bases(), {"exclude": exclude})
     message = str(exc.value)
     assert "Article" in message
     assert "'exclude'" in message
     assert repr(exclude) in message
 
 
-def test_exclude_names_missing_column(new_base: BaseFactory) -> None:
+def test_exclude_names_missing_column(bases: Bases) -> None:
     make_versioned()
     with pytest.raises(ConfigurationError) as exc:
-        define_article(new_base(), {"exclude": ["title", "no_such_column"]})
+        define_article(bases(), {"exclude": ["title", "no_such_column"]})
     message = str(exc.value)
     assert "Article" in message
     assert "'no_such_column'" in message
     assert "'title'" not in message
 
 
-def test_exclude_names_relationship_not_column(new_base: BaseFactory) -> None:
+def test_exclude_names_relationship_not_column(bases: Bases) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     class Author(Base):
         __tablename__ = "author"
@@ -167,10 +144,10 @@ def test_exclude_names_relationship_not_column(new_base: BaseFactory) -> None:
     assert "'author'" in message
 
 
-def test_exclude_names_primary_key_column(new_base: BaseFactory) -> None:
+def test_exclude_names_primary_key_column(bases: Bases) -> None:
     make_versioned()
     with pytest.raises(ConfigurationError) as exc:
-        define_article(new_base(), {"exclude": ["id"]})
+        define_article(bases(), {"exclude": ["id"]})
     message = str(exc.value)
     assert "Article" in message
     assert "primary key" in message
@@ -178,10 +155,13 @@ def test_exclude_names_primary_key_column(new_base: BaseFactory) -> None:
 
 
 @pytest.mark.parametrize("name", ["secret", "secret_"], ids=["column-name", "attribute-name"])
-def test_exclude_by_column_or_attribute_name(new_base: BaseFactory, name: str) -> None:
+def test_exclude_by_column_or_attribute_name(bases: Bases, name: str) -> None:
     """``exclude`` accepts the column name as well as the attribute name when they differ."""
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     class Account(Base):
         __tablename__ = "account"
@@ -192,8 +172,8 @@ def test_exclude_by_column_or_attribute_name(new_base: BaseFactory, name: str) -
 
     sa.orm.configure_mappers()
     V = version_class(Account)
-    assert "secret" not in V.__table__.c
-    assert set(V.__table__.c.keys()) == {
+    assert "secret" not in table_of(V).c
+    assert set(table_of(V).c.keys()) == {
         "id",
         "owner",
         "transaction_id",
@@ -207,9 +187,9 @@ def test_exclude_by_column_or_attribute_name(new_base: BaseFactory, name: str) -
 # --- make_versioned() / remove_versioning() ---------------------------------------------------
 
 
-def test_user_cls_name_not_found(new_base: BaseFactory) -> None:
+def test_user_cls_name_not_found(bases: Bases) -> None:
     make_versioned(user_cls="Nope")
-    define_article(new_base())  # "Nope" may still be defined later
+    define_article(bases())  # "Nope" may still be defined later
     with pytest.raises(ConfigurationError) as exc:
         sa.orm.configure_mappers()
     message = str(exc.value)
@@ -217,19 +197,19 @@ def test_user_cls_name_not_found(new_base: BaseFactory) -> None:
     assert "Article" in message
 
 
-def test_user_cls_not_mapped(new_base: BaseFactory) -> None:
+def test_user_cls_not_mapped(bases: Bases) -> None:
     class Member:
         id = 1
 
     make_versioned(user_cls=Member)
     with pytest.raises(ConfigurationError) as exc:
-        define_article(new_base())
+        define_article(bases())
     message = str(exc.value)
     assert "user_cls=Member" in message
     assert "not a mapped class" in message
 
 
-def test_user_cls_of_wrong_kind(new_base: BaseFactory) -> None:
+def test_user_cls_of_wrong_kind(bases: Bases) -> None:
     with pytest.raises(ConfigurationError) as exc:
         make_versioned(user_cls=5)  # type: ignore[arg-type]
     message = str(exc.value)
@@ -237,9 +217,12 @@ def test_user_cls_of_wrong_kind(new_base: BaseFactory) -> None:
     assert "5" in message
 
 
-def test_user_cls_with_composite_primary_key(new_base: BaseFactory) -> None:
+def test_user_cls_with_composite_primary_key(bases: Bases) -> None:
     make_versioned(user_cls="Member")
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     class Member(Base):
         __tablename__ = "member"
@@ -254,7 +237,7 @@ def test_user_cls_with_composite_primary_key(new_base: BaseFactory) -> None:
     assert "2" in message
 
 
-def test_user_cls_and_user_id_type_together(new_base: BaseFactory) -> None:
+def test_user_cls_and_user_id_type_together(bases: Bases) -> None:
     with pytest.raises(ConfigurationError) as exc:
         make_versioned(user_cls="User", user_id_type=sa.Integer())
     message = str(exc.value)
@@ -264,7 +247,7 @@ def test_user_cls_and_user_id_type_together(new_base: BaseFactory) -> None:
     make_versioned()
 
 
-def test_make_versioned_twice(new_base: BaseFactory) -> None:
+def test_make_versioned_twice(bases: Bases) -> None:
     first = make_versioned()
     with pytest.raises(ConfigurationError) as exc:
         make_versioned()
@@ -274,7 +257,7 @@ def test_make_versioned_twice(new_base: BaseFactory) -> None:
     assert first.active  # the first manager is untouched
 
 
-def test_make_versioned_after_remove_versioning(new_base: BaseFactory) -> None:
+def test_make_versioned_after_remove_versioning(bases: Bases) -> None:
     first = make_versioned()
     remove_versioning()
     assert not first.active
@@ -283,7 +266,7 @@ def test_make_versioned_after_remove_versioning(new_base: BaseFactory) -> None:
     assert second is not first
 
 
-def test_remove_versioning_without_manager_is_noop(new_base: BaseFactory) -> None:
+def test_remove_versioning_without_manager_is_noop(bases: Bases) -> None:
     remove_versioning()
     remove_versioning()
 
@@ -301,9 +284,13 @@ def test_remove_versioning_without_manager_is_noop(new_base: BaseFactory) -> Non
 # --- version_class() / parent_class() ---------------------------------------------------------
 
 
-def test_version_class_of_unversioned_model(new_base: BaseFactory) -> None:
+def test_version_class_of_unversioned_model(bases: Bases) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
+
     define_article(Base)
 
     class Plain(Base):
@@ -325,7 +312,7 @@ class NotMapped:
 
 
 @pytest.mark.parametrize("cls", [object, NotMapped, 42], ids=["object", "plain-class", "int"])
-def test_version_class_of_non_mapped(new_base: BaseFactory, cls: Any) -> None:
+def test_version_class_of_non_mapped(bases: Bases, cls: Any) -> None:
     make_versioned()
     with pytest.raises(NotVersionedError) as exc:
         version_class(cls)
@@ -334,9 +321,9 @@ def test_version_class_of_non_mapped(new_base: BaseFactory, cls: Any) -> None:
     assert "not a mapped class" in message
 
 
-def test_version_class_of_version_class(new_base: BaseFactory) -> None:
+def test_version_class_of_version_class(bases: Bases) -> None:
     make_versioned()
-    Article = define_article(new_base())
+    Article = define_article(bases())
     V = version_class(Article)
     with pytest.raises(NotVersionedError) as exc:
         version_class(V)
@@ -345,9 +332,9 @@ def test_version_class_of_version_class(new_base: BaseFactory) -> None:
     assert "version class" in message
 
 
-def test_parent_class_of_model(new_base: BaseFactory) -> None:
+def test_parent_class_of_model(bases: Bases) -> None:
     make_versioned()
-    Article = define_article(new_base())
+    Article = define_article(bases())
     sa.orm.configure_mappers()
     with pytest.raises(NotVersionedError) as exc:
         parent_class(Article)
@@ -355,11 +342,11 @@ def test_parent_class_of_model(new_base: BaseFactory) -> None:
     assert "Article" in message
     assert "not a version class" in message
     with pytest.raises(NotVersionedError, match="NotMapped"):
-        parent_class(NotMapped)
+        parent_class(NotMapped)  # type: ignore[arg-type]  # deliberately not a version class
 
 
-def test_model_mapped_before_make_versioned(new_base: BaseFactory) -> None:
-    Article = define_article(new_base())
+def test_model_mapped_before_make_versioned(bases: Bases) -> None:
+    Article = define_article(bases())
     make_versioned()
     with pytest.raises(NotVersionedError) as exc:
         version_class(Article)
@@ -368,10 +355,10 @@ def test_model_mapped_before_make_versioned(new_base: BaseFactory) -> None:
     assert "mapped before make_versioned()" in message
 
 
-def test_version_class_needs_no_configure_call(new_base: BaseFactory) -> None:
+def test_version_class_needs_no_configure_call(bases: Bases) -> None:
     """The version class exists once the model is defined; mappers configure on first use."""
     make_versioned()
-    Article = define_article(new_base())
+    Article = define_article(bases())
     assert not sa.inspect(Article).configured
 
     V = version_class(Article)
@@ -379,7 +366,7 @@ def test_version_class_needs_no_configure_call(new_base: BaseFactory) -> None:
     assert V.__name__ == "ArticleVersion"
     assert parent_class(V) is Article
     assert transaction_class(V) is transaction_class(Article)
-    assert V.__table__.metadata is Article.__table__.metadata
+    assert table_of(V).metadata is Article.__table__.metadata
 
     assert sa.inspect(Article).attrs["versions"].mapper.class_ is V
     assert sa.inspect(Article).configured
@@ -388,15 +375,19 @@ def test_version_class_needs_no_configure_call(new_base: BaseFactory) -> None:
 # --- version tables exist as soon as the models are defined --------------------------------------
 
 
-def test_tables_in_metadata_before_configure(new_base: BaseFactory) -> None:
+def test_tables_in_metadata_before_configure(bases: Bases) -> None:
     """``metadata.create_all()`` right after the class statements creates the history tables."""
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
+
     Article = define_article(Base)
 
     class Note(Base):
         __tablename__ = "note"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         article_id: Mapped[int] = mapped_column(sa.ForeignKey("article.id"))
 
@@ -433,15 +424,19 @@ def test_tables_in_metadata_before_configure(new_base: BaseFactory) -> None:
     assert not sa.inspect(Article).configured
 
 
-def test_user_cls_defined_after_the_versioned_models(new_base: BaseFactory) -> None:
+def test_user_cls_defined_after_the_versioned_models(bases: Bases) -> None:
     """With ``user_cls`` given by name, building waits until that class is defined."""
     make_versioned(user_cls="User")
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
+
     Article = define_article(Base)
 
     class Note(Base):
         __tablename__ = "note"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
 
     assert "transaction" not in Base.metadata.tables
@@ -473,15 +468,15 @@ def test_user_cls_defined_after_the_versioned_models(new_base: BaseFactory) -> N
         engine.dispose()
 
     sa.orm.configure_mappers()
-    assert version_class(Note).__table__ is tables["note_version"]
+    assert table_of(version_class(Note)) is tables["note_version"]
     Tx = transaction_class(Article)
     assert Tx is transaction_class(Note)
     assert sa.inspect(Tx).relationships["user"].mapper.class_ is User
 
 
-def test_user_cls_name_never_defined(new_base: BaseFactory) -> None:
+def test_user_cls_name_never_defined(bases: Bases) -> None:
     make_versioned(user_cls="User")
-    Base = new_base()
+    Base = bases()
     define_article(Base)
     assert "article" in Base.metadata.tables
     assert "article_version" not in Base.metadata.tables
@@ -500,15 +495,18 @@ def test_user_cls_name_never_defined(new_base: BaseFactory) -> None:
 # --- models that cannot be versioned ----------------------------------------------------------
 
 
-def test_model_with_column_named_versions(new_base: BaseFactory) -> None:
+def test_model_with_column_named_versions(bases: Bases) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     with pytest.raises(ConfigurationError) as exc:
 
         class Release(Base):
             __tablename__ = "release"
-            __versioned__ = {}
+            __versioned__: dict[str, Any] = {}
             id: Mapped[int] = mapped_column(primary_key=True)
             versions: Mapped[str] = mapped_column(sa.String(50))
 
@@ -517,15 +515,18 @@ def test_model_with_column_named_versions(new_base: BaseFactory) -> None:
     assert "'versions'" in message
 
 
-def test_model_with_python_attribute_named_versions(new_base: BaseFactory) -> None:
+def test_model_with_python_attribute_named_versions(bases: Bases) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     with pytest.raises(ConfigurationError) as exc:
 
         class Package(Base):
             __tablename__ = "package"
-            __versioned__ = {}
+            __versioned__: dict[str, Any] = {}
             id: Mapped[int] = mapped_column(primary_key=True)
 
             @property
@@ -538,9 +539,12 @@ def test_model_with_python_attribute_named_versions(new_base: BaseFactory) -> No
 
 
 @pytest.mark.parametrize("kind", ["joined", "single"])
-def test_versioned_subclass_of_unversioned_model(new_base: BaseFactory, kind: str) -> None:
+def test_versioned_subclass_of_unversioned_model(bases: Bases, kind: str) -> None:
     make_versioned()
-    Base = new_base()
+
+    @bases.track
+    class Base(DeclarativeBase):
+        pass
 
     class Animal(Base):
         __tablename__ = "animal"
@@ -553,7 +557,7 @@ def test_versioned_subclass_of_unversioned_model(new_base: BaseFactory, kind: st
 
             class Dog(Animal):
                 __tablename__ = "dog"
-                __versioned__ = {}
+                __versioned__: dict[str, Any] = {}
                 __mapper_args__ = {"polymorphic_identity": "dog"}
                 id: Mapped[int] = mapped_column(sa.ForeignKey("animal.id"), primary_key=True)
                 breed: Mapped[str | None] = mapped_column(sa.String(20))
@@ -561,7 +565,7 @@ def test_versioned_subclass_of_unversioned_model(new_base: BaseFactory, kind: st
         else:
 
             class Dog(Animal):  # type: ignore[no-redef]
-                __versioned__ = {}
+                __versioned__: dict[str, Any] = {}
                 __mapper_args__ = {"polymorphic_identity": "dog"}
 
     message = str(exc.value)
@@ -571,16 +575,19 @@ def test_versioned_subclass_of_unversioned_model(new_base: BaseFactory, kind: st
     assert not [name for name in Base.metadata.tables if name.endswith("_version")]
 
 
-def test_versioned_models_on_different_metadata(new_base: BaseFactory) -> None:
+def test_versioned_models_on_different_metadata(bases: Bases) -> None:
     make_versioned()
-    define_article(new_base())
-    Other = new_base()
+    define_article(bases())
+
+    @bases.track
+    class Other(DeclarativeBase):
+        pass
 
     with pytest.raises(ConfigurationError) as exc:
 
         class Note(Other):
             __tablename__ = "note"
-            __versioned__ = {}
+            __versioned__: dict[str, Any] = {}
             id: Mapped[int] = mapped_column(primary_key=True)
 
     message = str(exc.value)
@@ -591,17 +598,15 @@ def test_versioned_models_on_different_metadata(new_base: BaseFactory) -> None:
 # --- remove_versioning() stops recording --------------------------------------------------------
 
 
-async def test_nothing_recorded_after_remove_versioning(
-    new_base: BaseFactory, async_url: str
-) -> None:
+async def test_nothing_recorded_after_remove_versioning(bases: Bases, async_url: str) -> None:
     make_versioned()
-    Base = new_base()
+    Base = bases()
     Article = define_article(Base)
     sa.orm.configure_mappers()
-    V = version_class(Article)
+    V = runtime_version_class(Article)
     Tx = transaction_class(Article)
 
-    async def counts(session: Any) -> tuple[int, int]:
+    async def counts(session: AsyncSession) -> tuple[int | None, int | None]:
         versions = await session.scalar(sa.select(sa.func.count()).select_from(V))
         transactions = await session.scalar(sa.select(sa.func.count()).select_from(Tx))
         return versions, transactions

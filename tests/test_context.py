@@ -24,7 +24,7 @@ def snapshot() -> tuple[Any, str | None, dict[str, Any]]:
     return ctx.user_id, ctx.remote_addr, dict(ctx.meta)
 
 
-EMPTY = (None, None, {})
+EMPTY: tuple[None, None, dict[str, Any]] = (None, None, {})
 
 
 # --- pure unit tests --------------------------------------------------------------------------

@@ -18,15 +18,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 
 from sqlalchemy_history_async import (
     Operation,
-    make_versioned,
-    remove_versioning,
     select_as_of,
     transaction_class,
     version_class,
     versioning_disabled,
 )
 
-from .conftest import reset_schema
+from .conftest import reset_schema, versioned
+from .models import runtime_version_class
 
 
 class Models:
@@ -43,12 +42,12 @@ class Models:
 
         class Tag(Base):
             __tablename__ = "tag"
-            __versioned__ = {}
+            __versioned__: dict[str, Any] = {}
             id: Mapped[int] = mapped_column(primary_key=True)
 
         class Card(Base):
             __tablename__ = "card"
-            __versioned__ = {}
+            __versioned__: dict[str, Any] = {}
             id: Mapped[int] = mapped_column(primary_key=True)
             title: Mapped[str] = mapped_column(sa.String(20))
             tags: Mapped[list[Tag]] = relationship(secondary=link)
@@ -58,14 +57,8 @@ class Models:
 
 @pytest.fixture
 def models() -> Iterator[Models]:
-    make_versioned()
-    made = Models()
-    sa.orm.configure_mappers()
-    try:
+    with versioned(Models) as made:
         yield made
-    finally:
-        remove_versioning()
-        made.Base.registry.dispose()
 
 
 @pytest.fixture
@@ -109,7 +102,7 @@ async def test_nothing_recorded_inside_and_recording_resumes(
         card.title = "recorded"
         card.tags.remove(tag)
         await session.commit()
-        V = version_class(Card)
+        V = runtime_version_class(Card)
         [version] = (await session.scalars(sa.select(V))).all()
         assert (version.id, version.title, version.operation_type) == (
             1,
@@ -143,14 +136,14 @@ async def test_other_tasks_keep_recording(models: Models, engine: AsyncEngine) -
 
     await asyncio.gather(quiet(), loud())
     async with factory() as session:
-        V = version_class(models.Card)
+        V = runtime_version_class(models.Card)
         assert (await session.scalars(sa.select(V.title))).all() == ["loud"]
 
 
 def test_sync_session(models: Models, tmp_path: Any) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
     models.Base.metadata.create_all(engine)
-    V = version_class(models.Card)
+    V = runtime_version_class(models.Card)
     try:
         with sessionmaker(engine)() as session:
             with versioning_disabled():

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, selectinload
@@ -14,13 +12,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sele
 from sqlalchemy_history_async import (
     Operation,
     changes_in,
-    make_versioned,
     parent_class,
-    remove_versioning,
     select_as_of,
     select_changes,
     version_class,
 )
+
+from .conftest import Run, versioned_models
+from .models import runtime_version_class
 
 
 @dataclass
@@ -32,17 +31,15 @@ class Zoo:
     Cat: type[Any]
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Zoo]:
+def define_zoo() -> Zoo:
     """Animal (base) → Dog (joined table) → Puppy (single table under Dog); Cat (single table)."""
-    make_versioned()
 
     class Base(AsyncAttrs, DeclarativeBase):
         pass
 
     class Animal(Base):
         __tablename__ = "animal"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         name: Mapped[str] = mapped_column(sa.String(50))
         kind: Mapped[str] = mapped_column(sa.String(20))
@@ -62,12 +59,10 @@ def models() -> Iterator[Zoo]:
         whiskers: Mapped[int | None]
         __mapper_args__ = {"polymorphic_identity": "cat"}
 
-    try:
-        sa.orm.configure_mappers()
-        yield Zoo(Base, Animal, Dog, Puppy, Cat)
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return Zoo(Base, Animal, Dog, Puppy, Cat)
+
+
+models = versioned_models(define_zoo)
 
 
 def test_version_classes_mirror_the_hierarchy(models: Zoo) -> None:
@@ -102,7 +97,7 @@ async def zoo_history(models: Zoo, session: AsyncSession) -> dict[str, Any]:
 
 async def test_polymorphic_history(models: Zoo, session: AsyncSession) -> None:
     ids = await zoo_history(models, session)
-    AV = version_class(models.Animal)
+    AV = runtime_version_class(models.Animal)
     versions = (await session.scalars(sa.select(AV).order_by(AV.transaction_id, AV.id))).all()
     # subclass columns are loaded up front: plain attribute access does no I/O
     summary = [
@@ -159,7 +154,7 @@ async def test_changeset_previous_and_versions_relationship(
     ids = await zoo_history(models, session)
     dog = await session.get(models.Dog, ids["dog"])
     assert dog is not None
-    AV = version_class(models.Animal)
+    AV = runtime_version_class(models.Animal)
     first, second = (
         await session.scalars(dog.versions.select().options(selectinload(AV.previous)))
     ).all()
@@ -175,7 +170,7 @@ async def test_changeset_previous_and_versions_relationship(
 
 async def test_revert_in_a_hierarchy(models: Zoo, session: AsyncSession) -> None:
     ids = await zoo_history(models, session)
-    PV = version_class(models.Puppy)
+    PV = runtime_version_class(models.Puppy)
     session.expunge_all()
     inserted = await session.scalar(
         sa.select(PV).where(PV.id == ids["puppy"]).order_by(PV.transaction_id).limit(1)
@@ -183,23 +178,23 @@ async def test_revert_in_a_hierarchy(models: Zoo, session: AsyncSession) -> None
     assert inserted is not None
     restored = await inserted.revert()
     await session.commit()
+    assert restored is not None
     assert type(restored) is models.Puppy
     assert (restored.id, restored.breed, restored.age_weeks) == (ids["puppy"], "pug", 8)
+    DV = runtime_version_class(models.Dog)
     first_dog = await session.scalar(
-        sa.select(version_class(models.Dog))
-        .where(version_class(models.Dog).id == ids["dog"])
-        .order_by(version_class(models.Dog).transaction_id)
-        .limit(1)
+        sa.select(DV).where(DV.id == ids["dog"]).order_by(DV.transaction_id).limit(1)
     )
     assert first_dog is not None
     dog = await first_dog.revert()
     await session.commit()
+    assert dog is not None
     assert dog.breed == "lab"
 
 
 async def test_queries_over_a_hierarchy(models: Zoo, session: AsyncSession) -> None:
     ids = await zoo_history(models, session)
-    AV = version_class(models.Animal)
+    AV = runtime_version_class(models.Animal)
     at_start = (await session.scalars(select_as_of(models.Animal, 1).order_by(AV.id))).all()
     assert [type(v).__name__ for v in at_start] == ["DogVersion", "CatVersion", "PuppyVersion"]
     latest = (await session.scalars(select_as_of(models.Animal, 4).order_by(AV.id))).all()
@@ -215,18 +210,20 @@ async def test_queries_over_a_hierarchy(models: Zoo, session: AsyncSession) -> N
     ]
 
 
-def test_sync_session(models: Zoo, sync_session: Session) -> None:
-    s = sync_session
-    cat = models.Cat(name="felix", whiskers=3)
-    s.add(cat)
-    s.commit()
-    cat.name = "felix II"
-    s.commit()
-    versions = s.scalars(cat.versions.select()).all()
-    assert [(type(v).__name__, v.name, v.whiskers) for v in versions] == [
-        ("CatVersion", "felix", 3),
-        ("CatVersion", "felix II", 3),
-    ]
-    versions[0].revert_sync()
-    s.commit()
-    assert cat.name == "felix"
+async def test_subclass_history_and_revert_sync(models: Zoo, run: Run) -> None:
+    def behaviour(s: Session) -> None:
+        cat = models.Cat(name="felix", whiskers=3)
+        s.add(cat)
+        s.commit()
+        cat.name = "felix II"
+        s.commit()
+        versions = s.scalars(cat.versions.select()).all()
+        assert [(type(v).__name__, v.name, v.whiskers) for v in versions] == [
+            ("CatVersion", "felix", 3),
+            ("CatVersion", "felix II", 3),
+        ]
+        versions[0].revert_sync()
+        s.commit()
+        assert cat.name == "felix"
+
+    await run(behaviour)

@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
-from sqlalchemy_history_async import Operation, make_versioned, remove_versioning, version_class
+from sqlalchemy_history_async import Operation
 
-from .conftest import reset_schema
+from .conftest import reset_schema, versioned
+from .models import RuntimeVersion, runtime_version_class
 
 
 @dataclass
@@ -32,10 +33,7 @@ class Shelf:
     book_tag: sa.Table
 
 
-@pytest.fixture
-def shelf() -> Iterator[Shelf]:
-    make_versioned()
-
+def define_shelf() -> Shelf:
     class Base(DeclarativeBase):
         pass
 
@@ -55,25 +53,26 @@ def shelf() -> Iterator[Shelf]:
 
     class Tag(Base):
         __tablename__ = "tag"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         books: Mapped[list[Book]] = relationship(secondary=book_tag, back_populates="tags")
 
     class Book(Base):
         __tablename__ = "book"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         title: Mapped[str] = mapped_column(sa.String(50))
         tags: Mapped[list[Tag]] = relationship(secondary=book_tag, back_populates="books")
         # many-to-many with one value at most
         main_tag: Mapped[Tag | None] = relationship(secondary=book_main_tag, uselist=False)
 
-    sa.orm.configure_mappers()
-    try:
-        yield Shelf(Base, Book, Tag, book_tag)
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return Shelf(Base, Book, Tag, book_tag)
+
+
+@pytest.fixture
+def shelf() -> Iterator[Shelf]:
+    with versioned(define_shelf) as models:
+        yield models
 
 
 @pytest.fixture
@@ -120,7 +119,7 @@ async def check(session: AsyncSession, shelf: Shelf, expected: Links) -> None:
     )
     assert {(r.book_id, r.tag_id) for r in at_last} == expected
     # a version's temporal relationship shows the links at that version's own transaction
-    V = version_class(shelf.Book)
+    V = runtime_version_class(shelf.Book)
     current = await session.scalars(
         sa.select(V)
         .where(V.end_transaction_id.is_(None), V.operation_type != Operation.DELETE)
@@ -130,7 +129,7 @@ async def check(session: AsyncSession, shelf: Shelf, expected: Links) -> None:
         assert {(book.id, t.id) for t in book.tags} == await links_at(session, shelf, book)
 
 
-async def links_at(session: AsyncSession, shelf: Shelf, version: Any) -> Links:
+async def links_at(session: AsyncSession, shelf: Shelf, version: RuntimeVersion) -> Links:
     vt = shelf.Base.metadata.tables["book_tag_version"]
     tx = version.transaction_id
     rows = await session.execute(
@@ -190,6 +189,7 @@ async def test_unlink_and_relink_across_flushes(shelf: Shelf, engine: AsyncEngin
     async with factory() as session:
         book = await session.get(shelf.Book, 2, options=[selectinload(shelf.Book.tags)])
         tag = await session.get(shelf.Tag, 1)
+        assert book is not None
         book.tags.remove(tag)
         await session.flush()
         book.tags.append(tag)
@@ -207,6 +207,7 @@ async def test_link_added_to_an_object_deleted_in_the_same_flush(
     async with factory() as session:
         book = await session.get(shelf.Book, 2, options=[selectinload(shelf.Book.tags)])
         tag = await session.get(shelf.Tag, 2)
+        assert book is not None
         book.tags.append(tag)
         await session.delete(book)
         try:
@@ -221,7 +222,7 @@ async def test_link_added_to_an_object_deleted_in_the_same_flush(
 
 async def test_many_to_many_with_one_value(shelf: Shelf, engine: AsyncEngine) -> None:
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    V = version_class(shelf.Book)
+    V = runtime_version_class(shelf.Book)
     async with factory() as session:
         tag = shelf.Tag(id=1)
         book = shelf.Book(id=1, title="one", main_tag=None)  # inserted with None
@@ -242,6 +243,7 @@ async def test_many_to_many_with_one_value(shelf: Shelf, engine: AsyncEngine) ->
         # revert the relation to the second version: one object again
         restored = await versions[1].revert(relations=["main_tag"])
         await session.commit()
+        assert restored is not None
         assert restored is book
         assert book.main_tag is tag
         assert book.title == "two"
@@ -265,10 +267,7 @@ class Desk:
     Label: type[Any]
 
 
-@pytest.fixture
-def desk() -> Iterator[Desk]:
-    make_versioned()
-
+def define_desk() -> Desk:
     class Base(DeclarativeBase):
         pass
 
@@ -281,20 +280,20 @@ def desk() -> Iterator[Desk]:
 
     class Label(Base):
         __tablename__ = "label"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         kind: Mapped[str] = mapped_column(sa.String(20))
 
     class Note(Base):
         __tablename__ = "note"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         memo_id: Mapped[int] = mapped_column(sa.ForeignKey("memo.id"))
         approved: Mapped[bool] = mapped_column(default=False)
 
     class Memo(Base):
         __tablename__ = "memo"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         notes: Mapped[list[Note]] = relationship()
         approved_notes: Mapped[list[Note]] = relationship(
@@ -310,19 +309,20 @@ def desk() -> Iterator[Desk]:
             viewonly=True,
         )
 
-    sa.orm.configure_mappers()
-    try:
-        yield Desk(Base, Memo, Note, Label)
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return Desk(Base, Memo, Note, Label)
+
+
+@pytest.fixture
+def desk() -> Iterator[Desk]:
+    with versioned(define_desk) as models:
+        yield models
 
 
 async def test_extra_join_criteria_are_kept(desk: Desk, async_url: str) -> None:
     engine = create_async_engine(async_url)
     try:
         await reset_schema(engine, desk.Base.metadata)
-        V = version_class(desk.Memo)
+        V = runtime_version_class(desk.Memo)
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
             primary, other = desk.Label(id=1, kind="primary"), desk.Label(id=2, kind="other")
             memo = desk.Memo(id=1, labels=[primary, other])

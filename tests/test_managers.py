@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, registry
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Session, registry
 
 from sqlalchemy_history_async import (
     ConfigurationError,
@@ -23,63 +18,21 @@ from sqlalchemy_history_async import (
     remove_versioning,
     select_changes,
     transaction_class,
-    version_class,
     versioning_context,
 )
 
-from .conftest import reset_schema
-
-
-class Bases:
-    """Fresh declarative bases for one test; their managers are removed afterwards."""
-
-    def __init__(self) -> None:
-        self.bases: list[type[DeclarativeBase]] = []
-        self.managers: list[VersioningManager] = []
-
-    def base(self) -> type[DeclarativeBase]:
-        class Base(DeclarativeBase):
-            pass
-
-        self.bases.append(Base)
-        return Base
-
-    def manager(self, base: Any = None, **options: Any) -> VersioningManager:
-        manager = VersioningManager(**options)
-        self.managers.append(manager)
-        return manager.install(base)
-
-
-@pytest.fixture
-def bases() -> Iterator[Bases]:
-    made = Bases()
-    try:
-        yield made
-    finally:
-        for manager in made.managers:
-            manager.remove()
-        remove_versioning()
-        for base in made.bases:
-            base.registry.dispose()
+from .conftest import Bases, Run, reset_schema
+from .models import define_model, runtime_version_class, table_of
 
 
 def define(base: type[DeclarativeBase], name: str, table: str) -> type[Any]:
     """A versioned model ``name`` on ``base``, mapped to ``table``."""
-    return type(
-        name,
-        (base,),
-        {
-            "__tablename__": table,
-            "__versioned__": {},
-            "__annotations__": {"id": Mapped[int], "title": Mapped[str]},
-            "id": mapped_column(primary_key=True),
-            "title": mapped_column(sa.String(50)),
-        },
-    )
+    return define_model(base, name, table)
 
 
 @pytest.fixture
 async def engine(async_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on an empty database: each test creates the tables of the bases it made."""
     engine = create_async_engine(async_url)
     try:
         yield engine
@@ -94,23 +47,25 @@ async def create(engine: AsyncEngine, *metadatas: sa.MetaData) -> None:
             await conn.run_sync(metadata.create_all)
 
 
-async def history(session: AsyncSession, model: type[Any]) -> list[tuple[Any, ...]]:
-    V = version_class(model)
-    rows = await session.execute(
+def history(session: Session, model: type[Any]) -> list[tuple[Any, ...]]:
+    V = runtime_version_class(model)
+    rows = session.execute(
         sa.select(V.id, V.title, V.operation_type).order_by(V.transaction_id, V.id)
     )
     return [tuple(r) for r in rows]
 
 
-async def count(session: AsyncSession, cls: type[Any]) -> int:
-    return (await session.execute(sa.select(sa.func.count()).select_from(cls))).scalar_one()
+def count(session: Session, cls: type[Any]) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(cls)).scalar_one()
 
 
 # --- two managers in one process -----------------------------------------------------------------
 
 
-async def test_two_scoped_managers_in_one_commit(bases: Bases, engine: AsyncEngine) -> None:
-    shop, blog = bases.base(), bases.base()
+async def test_two_scoped_managers_in_one_commit(
+    bases: Bases, engine: AsyncEngine, run: Run
+) -> None:
+    shop, blog = bases(), bases()
     shop_manager = bases.manager(shop)
     blog_manager = bases.manager(blog, transaction_table="blog_transaction")
     Order = define(shop, "Order", "shop_order")
@@ -120,48 +75,51 @@ async def test_two_scoped_managers_in_one_commit(bases: Bases, engine: AsyncEngi
     assert blog_manager.versioned_classes == (Post,)
     OrderTx, PostTx = transaction_class(Order), transaction_class(Post)
     assert OrderTx is not PostTx
-    assert OrderTx.__table__.name == "transaction"
-    assert PostTx.__table__.name == "blog_transaction"
+    assert table_of(OrderTx).name == "transaction"
+    assert table_of(PostTx).name == "blog_transaction"
     assert "post_version" not in shop.metadata.tables
     assert "shop_order_version" not in blog.metadata.tables
 
     await create(engine, shop.metadata, blog.metadata)
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+
+    def behaviour(session: Session) -> None:
         order, post = Order(id=1, title="order"), Post(id=1, title="post")
         session.add_all([order, post])
         with versioning_context(user_id="7"):
-            await session.commit()
+            session.commit()
         order.title, post.title = "order 2", "post 2"
-        await session.commit()
-        await session.delete(post)
-        await session.commit()
+        session.commit()
+        session.delete(post)
+        session.commit()
 
-        assert await history(session, Order) == [
+        assert history(session, Order) == [
             (1, "order", Operation.INSERT),
             (1, "order 2", Operation.UPDATE),
         ]
-        assert await history(session, Post) == [
+        assert history(session, Post) == [
             (1, "post", Operation.INSERT),
             (1, "post 2", Operation.UPDATE),
             (1, "post 2", Operation.DELETE),
         ]
         # each manager wrote its own transaction rows, with the same context
-        assert await count(session, OrderTx) == 2
-        assert await count(session, PostTx) == 3
-        users = await session.scalars(sa.select(PostTx.user_id).order_by(PostTx.id))
+        assert count(session, OrderTx) == 2
+        assert count(session, PostTx) == 3
+        users = session.scalars(sa.select(PostTx.user_id).order_by(PostTx.id))
         assert users.all() == ["7", None, None]
-        feed = (await session.execute(select_changes(classes=blog_manager.versioned_classes))).all()
+        feed = session.execute(select_changes(classes=blog_manager.versioned_classes)).all()
         assert [(c.table, c.operation) for c in feed] == [
             ("post", Operation.INSERT),
             ("post", Operation.UPDATE),
             ("post", Operation.DELETE),
         ]
 
+    await run(behaviour)
+
 
 async def test_default_manager_leaves_scoped_models_alone(
-    bases: Bases, engine: AsyncEngine
+    bases: Bases, engine: AsyncEngine, run: Run
 ) -> None:
-    scoped, other = bases.base(), bases.base()
+    scoped, other = bases(), bases()
     manager = bases.manager(scoped, transaction_table="scoped_transaction")
     default = make_versioned()
     Note = define(scoped, "Note", "note")
@@ -169,19 +127,22 @@ async def test_default_manager_leaves_scoped_models_alone(
     sa.orm.configure_mappers()
     assert manager.versioned_classes == (Note,)
     assert default.versioned_classes == (Page,)
-    assert transaction_class(Note).__table__.name == "scoped_transaction"
-    assert transaction_class(Page).__table__.name == "transaction"
+    assert table_of(transaction_class(Note)).name == "scoped_transaction"
+    assert table_of(transaction_class(Page)).name == "transaction"
 
     await create(engine, scoped.metadata, other.metadata)
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+
+    def behaviour(session: Session) -> None:
         session.add_all([Note(id=1, title="n"), Page(id=1, title="p")])
-        await session.commit()
-        assert await history(session, Note) == [(1, "n", Operation.INSERT)]
-        assert await history(session, Page) == [(1, "p", Operation.INSERT)]
+        session.commit()
+        assert history(session, Note) == [(1, "n", Operation.INSERT)]
+        assert history(session, Page) == [(1, "p", Operation.INSERT)]
+
+    await run(behaviour)
 
 
 def test_install_versions_models_defined_before(bases: Bases) -> None:
-    Base = bases.base()
+    Base = bases()
     Early = define(Base, "Early", "early")
     manager = bases.manager(Base)
     assert manager.versioned_classes == (Early,)
@@ -211,13 +172,13 @@ def test_install_on_a_registry(bases: Bases) -> None:
 
 
 @pytest.mark.parametrize("target", [object(), 5, "Base", DeclarativeBase])
-def test_install_on_something_else(bases: Bases, target: Any) -> None:
+def test_install_on_something_else(bases: Bases, target: object) -> None:
     with pytest.raises(ConfigurationError, match="declarative base class"):
         VersioningManager().install(target)
 
 
 def test_install_twice_and_a_second_manager_on_one_base(bases: Bases) -> None:
-    Base = bases.base()
+    Base = bases()
     manager = bases.manager(Base)
     with pytest.raises(ConfigurationError, match="installed already"):
         manager.install(Base)
@@ -225,12 +186,12 @@ def test_install_twice_and_a_second_manager_on_one_base(bases: Bases) -> None:
         VersioningManager().install(Base)
     with pytest.raises(ConfigurationError, match="one scope"):
         manager.remove()
-        manager.install(bases.base())
+        manager.install(bases())
 
 
 def test_scoped_manager_after_make_versioned_took_its_models(bases: Bases) -> None:
     make_versioned()
-    Base = bases.base()
+    Base = bases()
     define(Base, "Taken", "taken")
     with pytest.raises(ConfigurationError, match="Taken are versioned by make_versioned"):
         VersioningManager().install(Base)
@@ -259,7 +220,7 @@ def test_manager_options_are_frozen() -> None:
 
 
 def test_transaction_table_name_taken(bases: Bases) -> None:
-    Base = bases.base()
+    Base = bases()
     sa.Table("audit", Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
     bases.manager(Base, transaction_table="audit")
     with pytest.raises(ConfigurationError, match="already has a table 'audit'"):
@@ -270,37 +231,40 @@ def test_transaction_table_name_taken(bases: Bases) -> None:
 
 
 async def test_make_versioned_again_records_models_defined_before(
-    bases: Bases, engine: AsyncEngine
+    bases: Bases, engine: AsyncEngine, run: Run
 ) -> None:
     make_versioned(user_id_type=sa.Integer())
-    Base = bases.base()
+    Base = bases()
     Article = define(Base, "Article", "article")
     sa.orm.configure_mappers()
     await create(engine, Base.metadata)
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+
+    def behaviour(session: Session) -> None:
         article = Article(id=1, title="one")
         session.add(article)
-        await session.commit()
+        session.commit()
 
         remove_versioning()
         article.title = "off"
-        await session.commit()
+        session.commit()
 
         again = make_versioned(user_id_type=sa.Integer())
         assert again.versioned_classes == (Article,)
         article.title = "on again"
         session.add(Article(id=2, title="two"))
-        await session.commit()
-        assert await history(session, Article) == [
+        session.commit()
+        assert history(session, Article) == [
             (1, "one", Operation.INSERT),
             (1, "on again", Operation.UPDATE),
             (2, "two", Operation.INSERT),
         ]
 
+    await run(behaviour)
+
 
 def test_make_versioned_again_with_other_options_says_why(bases: Bases) -> None:
     make_versioned()
-    define(bases.base(), "Article", "article")
+    define(bases(), "Article", "article")
     sa.orm.configure_mappers()
     remove_versioning()
     with pytest.raises(ConfigurationError) as exc:
@@ -310,58 +274,53 @@ def test_make_versioned_again_with_other_options_says_why(bases: Bases) -> None:
     assert "user_id_type" in message
 
 
-async def test_scoped_manager_reinstalled_records_again(bases: Bases, engine: AsyncEngine) -> None:
-    Base = bases.base()
+async def test_scoped_manager_reinstalled_records_again(
+    bases: Bases, engine: AsyncEngine, run: Run
+) -> None:
+    Base = bases()
     manager = bases.manager(Base)
     Article = define(Base, "Article", "article")
     sa.orm.configure_mappers()
     await create(engine, Base.metadata)
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+
+    def behaviour(session: Session) -> None:
         article = Article(id=1, title="one")
         session.add(article)
-        await session.commit()
+        session.commit()
         manager.remove()
         article.title = "off"
-        await session.commit()
+        session.commit()
         manager.install(Base)
         article.title = "on"
-        await session.commit()
+        session.commit()
         # a new manager with the same options takes the models over as well
         manager.remove()
         successor = bases.manager(Base)
         assert successor.versioned_classes == (Article,)
         article.title = "successor"
-        await session.commit()
-        assert await history(session, Article) == [
+        session.commit()
+        assert history(session, Article) == [
             (1, "one", Operation.INSERT),
             (1, "on", Operation.UPDATE),
             (1, "successor", Operation.UPDATE),
         ]
 
+    await run(behaviour)
+
 
 async def test_model_defined_before_versioning_fails_the_flush(
-    bases: Bases, engine: AsyncEngine
+    bases: Bases, engine: AsyncEngine, run: Run
 ) -> None:
-    Base = bases.base()
+    Base = bases()
     Early = define(Base, "Early", "early")
     make_versioned()
     await create(engine, Base.metadata)
-    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+
+    def behaviour(session: Session) -> None:
         session.add(Early(id=1, title="x"))
         with pytest.raises(ConfigurationError) as exc:
-            await session.commit()
+            session.commit()
         assert "Early declares __versioned__ but has no version class" in str(exc.value)
         assert "before make_versioned()" in str(exc.value)
 
-
-def test_model_defined_before_versioning_fails_the_sync_flush(bases: Bases, tmp_path: Any) -> None:
-    Base = bases.base()
-    Early = define(Base, "Early", "early")
-    make_versioned()
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
-    Base.metadata.create_all(engine)
-    with Session(engine) as session:
-        session.add(Early(id=1, title="x"))
-        with pytest.raises(ConfigurationError, match="Early declares __versioned__"):
-            session.commit()
-    engine.dispose()
+    await run(behaviour)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
 from sqlalchemy.orm import (
@@ -18,9 +16,10 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import Operation, make_versioned, remove_versioning, version_class
+from sqlalchemy_history_async import Operation
 
-from .conftest import StatementLog
+from .conftest import Run, StatementLog, versioned_models
+from .models import runtime_version_class
 
 
 @dataclass
@@ -33,10 +32,7 @@ class Catalog:
     shelf_article: sa.Table
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Catalog]:
-    make_versioned()
-
+def define_catalog() -> Catalog:
     class Base(AsyncAttrs, DeclarativeBase):
         pass
 
@@ -66,23 +62,21 @@ def models() -> Iterator[Catalog]:
 
     class Tag(Base):
         __tablename__ = "tag"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         name: Mapped[str] = mapped_column(sa.String(50))
         articles: Mapped[list[Article]] = relationship(secondary=article_tag, back_populates="tags")
 
     class Shelf(Base):
         __tablename__ = "shelf"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         articles: Mapped[list[Article]] = relationship(secondary="shelf_article")
 
-    try:
-        sa.orm.configure_mappers()
-        yield Catalog(Base, Article, Tag, Shelf, article_tag, shelf_article)
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return Catalog(Base, Article, Tag, Shelf, article_tag, shelf_article)
+
+
+models = versioned_models(define_catalog)
 
 
 def test_association_version_tables(models: Catalog) -> None:
@@ -193,7 +187,7 @@ async def test_temporal_many_to_many(models: Catalog, session: AsyncSession) -> 
     a.tags.remove(x)
     await session.commit()  # tx 3: link removed: track_relationships versions the article
 
-    AV, TV = version_class(models.Article), version_class(models.Tag)
+    AV, TV = runtime_version_class(models.Article), runtime_version_class(models.Tag)
     versions = (
         await session.scalars(
             sa.select(AV).order_by(AV.transaction_id).options(selectinload(AV.tags))
@@ -210,16 +204,18 @@ async def test_temporal_many_to_many(models: Catalog, session: AsyncSession) -> 
     ] == [("x", 1, [1]), ("y", 1, [1]), ("x2", 2, [1])]
 
 
-def test_sync_session(models: Catalog, sync_session: Session) -> None:
-    s = sync_session
-    a = models.Article(title="sync", tags=[models.Tag(name="s")])
-    s.add(a)
-    s.commit()
-    a.tags.clear()
-    s.commit()
-    first, second = s.scalars(a.versions.select()).all()
-    assert [t.name for t in first.tags] == ["s"]
-    assert second.tags == []
+async def test_temporal_links_load_lazily_in_sync_code(models: Catalog, run: Run) -> None:
+    def behaviour(s: Session) -> None:
+        a = models.Article(title="sync", tags=[models.Tag(name="s")])
+        s.add(a)
+        s.commit()
+        a.tags.clear()
+        s.commit()
+        first, second = s.scalars(a.versions.select()).all()
+        assert [t.name for t in first.tags] == ["s"]
+        assert second.tags == []
+
+    await run(behaviour)
 
 
 async def test_revert_restores_links(models: Catalog, session: AsyncSession) -> None:

@@ -430,7 +430,7 @@ async def test_changed_back_across_flushes(
 ) -> None:
     """Each step is one flush; the transaction records only its net change."""
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     Tx = base.metadata.tables["transaction"]
     await reset_schema(engine, base.metadata)
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
@@ -456,7 +456,7 @@ async def test_changed_back_across_flushes(
 
 def test_changed_back_across_flushes_sync(base: type[DeclarativeBase], tmp_path: Any) -> None:
     Item = define_item(base)
-    V = version_class(Item)
+    V = runtime_version_class(Item)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
     base.metadata.create_all(engine)
     try:

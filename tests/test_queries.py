@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sqlalchemy_history_async import (
+    Change,
     Operation,
     VersioningError,
     changes_in,
@@ -22,12 +23,11 @@ from sqlalchemy_history_async import (
     stream_changes,
     transaction_class,
     version_at,
-    version_class,
     versioning_context,
 )
 
 from .conftest import StatementLog
-from .models import Models
+from .models import Models, runtime_version_class
 
 
 async def build_history(models: Models, session: AsyncSession) -> dict[str, Any]:
@@ -58,7 +58,7 @@ async def build_history(models: Models, session: AsyncSession) -> dict[str, Any]
 async def test_select_as_of_transaction_id(models: Models, session: AsyncSession) -> None:
     h = await build_history(models, session)
     t1, t2, t3, t4 = (t.id for t in h["txs"])
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
 
     async def titles(at: Any) -> list[str]:
         stmt = select_as_of(models.Article, at).order_by(V.id)
@@ -77,7 +77,7 @@ async def test_select_as_of_transaction_id(models: Models, session: AsyncSession
 
 async def test_select_as_of_datetime(models: Models, session: AsyncSession) -> None:
     h = await build_history(models, session)
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     at = h["txs"][1].issued_at
     titles = (await session.scalars(select_as_of(models.Article, at).order_by(V.id))).all()
     assert [v.title for v in titles] == ["a2", "b1"]
@@ -109,7 +109,7 @@ async def test_version_at_composite_key(models: Models, session: AsyncSession) -
     with pytest.raises(VersioningError, match=r"Tagging primary key is \('article_id', 'tag'\)"):
         select_version_at(models.Tagging, h["a"], t4)
     with pytest.raises(VersioningError, match="pass the model"):
-        select_as_of(version_class(models.Tagging), t4)
+        select_as_of(runtime_version_class(models.Tagging), t4)
 
 
 async def test_changes_in_one_query_per_version_table(
@@ -177,7 +177,7 @@ async def test_stream_changes_pages_through_the_feed(
     models: Models, session: AsyncSession, batch_size: int
 ) -> None:
     h = await build_history(models, session)
-    expected = (await session.execute(select_changes())).all()
+    expected = [Change(*row) for row in (await session.execute(select_changes())).all()]
     streamed = [r async for r in stream_changes(session, batch_size=batch_size)]
     assert streamed == expected
     resumed = [r async for r in stream_changes(session, after=h["txs"][1].id, batch_size=2)]
@@ -188,7 +188,7 @@ async def test_stream_changes_pages_through_the_feed(
 
 async def test_diff_and_json_patch(models: Models, session: AsyncSession) -> None:
     h = await build_history(models, session)
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     first, _, last = (
         await session.scalars(sa.select(V).where(V.id == h["a"]).order_by(V.transaction_id))
     ).all()
@@ -202,7 +202,7 @@ async def test_diff_and_json_patch(models: Models, session: AsyncSession) -> Non
 
 async def test_select_changed(models: Models, session: AsyncSession) -> None:
     h = await build_history(models, session)
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     b = await session.get(models.Article, h["a"])
     assert b is not None
     b.body = "body only"

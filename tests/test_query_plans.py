@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sqlalchemy_history_async import select_changes, select_version_at, version_class
+from sqlalchemy_history_async import select_changes, select_version_at
 from sqlalchemy_history_async._feed import _Pages
 
 from .conftest import DATABASES
-from .models import Models
+from .models import Models, runtime_version_class
 
 pytestmark = pytest.mark.skipif(
     "postgresql" not in DATABASES, reason="PostgreSQL deselected by HISTORY_TEST_DATABASES"
@@ -61,8 +61,9 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from plan_nodes(child)
 
 
-async def explain(session: AsyncSession, stmt: sa.Select[Any]) -> list[dict[str, Any]]:
-    compiled = stmt.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})
+async def explain(session: AsyncSession, stmt: sa.ClauseElement) -> list[dict[str, Any]]:
+    dialect = session.get_bind().dialect
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     raw = (await session.execute(sa.text(f"EXPLAIN (FORMAT JSON) {compiled}"))).scalar_one()
     doc = json.loads(raw) if isinstance(raw, str) else raw
     return list(plan_nodes(doc[0]["Plan"]))
@@ -113,7 +114,7 @@ async def test_change_feed_page_uses_indexes(models: Models, session: AsyncSessi
 
 async def test_current_versions_use_an_index(models: Models, session: AsyncSession) -> None:
     await fill(session)
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     stmt = sa.select(V).where(V.id == 77, V.is_current)
     [current] = (await session.scalars(stmt)).all()
     assert current.end_transaction_id is None

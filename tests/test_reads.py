@@ -1,4 +1,5 @@
-"""Reading history through AsyncSession: no hidden I/O, everything awaitable or eager-loadable."""
+"""Reading history: through AsyncSession with no hidden I/O (everything awaitable or
+eager-loadable), and with plain attribute access where lazy loading may do I/O."""
 
 from __future__ import annotations
 
@@ -6,48 +7,84 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, selectinload, undefer
+from sqlalchemy.orm import Session, joinedload, selectinload, undefer
 
-from sqlalchemy_history_async import Operation, Transaction, version_class
+from sqlalchemy_history_async import Operation, Transaction, versioning_context
+from sqlalchemy_history_async._capture import SESSION_INFO_KEY
 
-from .conftest import StatementLog
-from .models import Models
+from .conftest import Run, StatementLog
+from .models import Models, runtime_version_class
 
 
-async def make_history(models: Models, session: AsyncSession) -> Any:
+def make_history(session: Session, models: Models) -> tuple[Any, Any]:
     """Article 1: insert, update, update; article 2 interleaved: insert, update."""
     a = models.Article(title="a1", body="body")
     session.add(a)
-    await session.commit()
+    session.commit()
     b = models.Article(title="b1")
     session.add(b)
-    await session.commit()
+    session.commit()
     a.title = "a2"
-    await session.commit()
+    session.commit()
     b.title = "b2"
-    await session.commit()
+    session.commit()
     a.title, a.body = "a3", None
-    await session.commit()
+    session.commit()
     return a, b
 
 
-async def test_versions_relationship_is_write_only_and_ordered(
-    models: Models, session: AsyncSession
-) -> None:
-    a, b = await make_history(models, session)
-    versions = (await session.scalars(a.versions.select())).all()
-    assert [v.title for v in versions] == ["a1", "a2", "a3"]
-    assert [v.transaction_id for v in versions] == sorted(v.transaction_id for v in versions)
-    assert all(v.id == a.id for v in versions)
-    assert [v.title for v in (await session.scalars(b.versions.select())).all()] == ["b1", "b2"]
+async def test_versions_relationship_is_write_only_and_ordered(models: Models, run: Run) -> None:
+    def behaviour(session: Session) -> None:
+        a, b = make_history(session, models)
+        versions = session.scalars(a.versions.select()).all()
+        assert [v.title for v in versions] == ["a1", "a2", "a3"]
+        assert [v.transaction_id for v in versions] == sorted(v.transaction_id for v in versions)
+        assert all(v.id == a.id for v in versions)
+        assert [v.title for v in session.scalars(b.versions.select()).all()] == ["b1", "b2"]
+
+    await run(behaviour)
+
+
+async def test_plain_attribute_access_loads_lazily_in_sync_code(models: Models, run: Run) -> None:
+    """In a sync ``Session`` (or code run with ``run_sync``) the reads lazy-load as usual."""
+
+    def behaviour(session: Session) -> None:
+        session.add(models.User(id=1, name="u"))
+        session.commit()
+        a = models.Article(title="one")
+        session.add(a)
+        with versioning_context(user_id=1, remote_addr="10.0.0.1", reason="sync"):
+            session.commit()
+        a.title = "two"
+        session.commit()
+        session.delete(a)
+        session.commit()
+
+        V = runtime_version_class(models.Article)
+        versions = session.scalars(sa.select(V).order_by(V.transaction_id)).all()
+        assert [(v.title, v.operation_type) for v in versions] == [
+            ("one", Operation.INSERT),
+            ("two", Operation.UPDATE),
+            ("two", Operation.DELETE),
+        ]
+        assert versions[1].previous is versions[0]
+        assert versions[1].next is versions[2]
+        assert versions[1].changeset == {"title": ["one", "two"]}
+        assert [v.index for v in versions] == [0, 1, 2]
+        tx = versions[0].transaction
+        assert (tx.user_id, tx.remote_addr, tx.meta) == (1, "10.0.0.1", {"reason": "sync"})
+        assert tx.issued_at.tzinfo is not None
+        assert SESSION_INFO_KEY not in session.info
+
+    await run(behaviour)
 
 
 async def test_deleted_rows_versions_are_reachable(models: Models, session: AsyncSession) -> None:
-    a, _ = await make_history(models, session)
+    a, _ = await session.run_sync(make_history, models)
     article_id = a.id
     await session.delete(a)
     await session.commit()
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     versions = (
         await session.scalars(sa.select(V).where(V.id == article_id).order_by(V.transaction_id))
     ).all()
@@ -60,7 +97,7 @@ async def test_deleted_rows_versions_are_reachable(models: Models, session: Asyn
 
 
 async def test_awaitable_attrs(models: Models, session: AsyncSession) -> None:
-    a, _ = await make_history(models, session)
+    a, _ = await session.run_sync(make_history, models)
     first, second, third = (await session.scalars(a.versions.select())).all()
 
     assert await second.awaitable_attrs.previous is first
@@ -77,8 +114,8 @@ async def test_awaitable_attrs(models: Models, session: AsyncSession) -> None:
 async def test_eager_loading_makes_reads_free_of_io(
     models: Models, session: AsyncSession, statements: StatementLog
 ) -> None:
-    a, _ = await make_history(models, session)
-    V = version_class(models.Article)
+    a, _ = await session.run_sync(make_history, models)
+    V = runtime_version_class(models.Article)
     statements.clear()
     versions = (
         await session.scalars(
@@ -135,12 +172,12 @@ async def test_changeset_of_first_version_lists_only_non_null_values(
 
 
 async def test_index_counts_only_the_same_row(models: Models, session: AsyncSession) -> None:
-    await make_history(models, session)
-    V = version_class(models.Article)
+    await session.run_sync(make_history, models)
+    V = runtime_version_class(models.Article)
     rows = (
         await session.execute(sa.select(V.id, V.title, V.index).order_by(V.transaction_id))
     ).all()
-    assert [(r.title, r.index) for r in rows] == [
+    assert [(title, index) for _, title, index in rows] == [
         ("a1", 0),
         ("b1", 0),
         ("a2", 1),
@@ -150,8 +187,8 @@ async def test_index_counts_only_the_same_row(models: Models, session: AsyncSess
 
 
 async def test_is_current_in_python_and_sql(models: Models, session: AsyncSession) -> None:
-    await make_history(models, session)
-    V = version_class(models.Article)
+    await session.run_sync(make_history, models)
+    V = runtime_version_class(models.Article)
     current = (await session.scalars(sa.select(V).where(V.is_current).order_by(V.id))).all()
     assert [v.title for v in current] == ["a3", "b2"]
     assert all(v.is_current for v in current)
@@ -168,7 +205,7 @@ async def test_one_query_loads_a_page_of_versions_with_previous(
     for a in (await session.scalars(sa.select(models.Article))).all():
         a.title += "'"
     await session.commit()
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     statements.clear()
     page = (
         await session.scalars(
@@ -189,7 +226,7 @@ async def test_whole_history_with_changesets_in_one_query(
     for i in range(1, 60):
         a.title = f"t{i}"
         await session.commit()
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     statements.clear()
     history = (
         await session.scalars(

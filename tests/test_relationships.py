@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,10 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import make_versioned, remove_versioning, version_class
+from sqlalchemy_history_async import RevertError
 
-from .conftest import StatementLog
+from .conftest import Run, StatementLog, versioned_models
+from .models import runtime_version_class
 
 
 @dataclass
@@ -33,16 +33,13 @@ class Blog:
     Node: type[Any]
 
 
-@pytest.fixture(scope="module")
-def models() -> Iterator[Blog]:
-    make_versioned()
-
+def define_blog() -> Blog:
     class Base(AsyncAttrs, DeclarativeBase):
         pass
 
     class Author(Base):
         __tablename__ = "author"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         name: Mapped[str] = mapped_column(sa.String(50))
 
@@ -68,7 +65,7 @@ def models() -> Iterator[Blog]:
 
     class Comment(Base):
         __tablename__ = "comment"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         post_id: Mapped[int] = mapped_column(sa.ForeignKey("post.id"))
         text: Mapped[str] = mapped_column(sa.String(50))
@@ -78,19 +75,17 @@ def models() -> Iterator[Blog]:
         """Self-referential."""
 
         __tablename__ = "node"
-        __versioned__ = {}
+        __versioned__: dict[str, Any] = {}
         id: Mapped[int] = mapped_column(primary_key=True)
         label: Mapped[str] = mapped_column(sa.String(50))
         parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("node.id"))
         parent: Mapped[Node | None] = relationship(remote_side=[id], back_populates="children")
         children: Mapped[list[Node]] = relationship(back_populates="parent")
 
-    try:
-        sa.orm.configure_mappers()
-        yield Blog(Base, Author, Category, Post, Comment, Node)
-    finally:
-        remove_versioning()
-        Base.registry.dispose()
+    return Blog(Base, Author, Category, Post, Comment, Node)
+
+
+models = versioned_models(define_blog)
 
 
 async def blog_history(m: Blog, session: AsyncSession) -> Any:
@@ -113,7 +108,7 @@ async def blog_history(m: Blog, session: AsyncSession) -> Any:
 
 async def test_one_to_many_at_each_version(models: Blog, session: AsyncSession) -> None:
     await blog_history(models, session)
-    PV = version_class(models.Post)
+    PV = runtime_version_class(models.Post)
     versions = (
         await session.scalars(
             sa.select(PV).order_by(PV.transaction_id).options(selectinload(PV.comments))
@@ -129,8 +124,8 @@ async def test_one_to_many_at_each_version(models: Blog, session: AsyncSession) 
 
 async def test_many_to_one_at_each_version(models: Blog, session: AsyncSession) -> None:
     await blog_history(models, session)
-    CV = version_class(models.Comment)
-    PV = version_class(models.Post)
+    CV = runtime_version_class(models.Comment)
+    PV = runtime_version_class(models.Post)
     versions = (
         await session.scalars(
             sa.select(CV)
@@ -154,7 +149,7 @@ async def test_relationship_to_unversioned_class_gives_current_row(
     post = await blog_history(models, session)
     post.category.label = "world"
     await session.commit()
-    PV = version_class(models.Post)
+    PV = runtime_version_class(models.Post)
     first = await session.scalar(sa.select(PV).order_by(PV.transaction_id).limit(1))
     assert first is not None
     category = await first.awaitable_attrs.category
@@ -163,7 +158,7 @@ async def test_relationship_to_unversioned_class_gives_current_row(
 
 async def test_awaitable_temporal_relationships(models: Blog, session: AsyncSession) -> None:
     await blog_history(models, session)
-    PV = version_class(models.Post)
+    PV = runtime_version_class(models.Post)
     first = await session.scalar(sa.select(PV).order_by(PV.transaction_id).limit(1))
     assert first is not None
     author = await first.awaitable_attrs.author
@@ -177,7 +172,7 @@ async def test_a_page_of_versions_loads_in_bounded_queries(
     for i in range(20):
         session.add(models.Post(title=f"p{i}", comments=[models.Comment(text=f"c{i}")]))
     await session.commit()
-    PV = version_class(models.Post)
+    PV = runtime_version_class(models.Post)
     statements.clear()
     page = (
         await session.scalars(
@@ -194,7 +189,7 @@ async def test_track_relationships_does_not_version_untouched_models(
 ) -> None:
     """Comments are not tracking relationships: the post changing does not version them."""
     post = await blog_history(models, session)
-    CV = version_class(models.Comment)
+    CV = runtime_version_class(models.Comment)
     before = len((await session.scalars(sa.select(CV))).all())
     post.title = "renamed"
     await session.commit()
@@ -208,7 +203,7 @@ async def test_self_referential(models: Blog, session: AsyncSession) -> None:
     await session.commit()
     root.label = "root v2"
     await session.commit()
-    NV = version_class(models.Node)
+    NV = runtime_version_class(models.Node)
     versions = (
         await session.scalars(
             sa.select(NV)
@@ -231,16 +226,18 @@ async def test_self_referential(models: Blog, session: AsyncSession) -> None:
     ]
 
 
-def test_sync_lazy_loading(models: Blog, sync_session: Session) -> None:
-    s = sync_session
-    post = models.Post(title="sync", author=models.Author(name="bo"))
-    s.add(post)
-    s.commit()
-    post.comments.append(models.Comment(text="x"))
-    s.commit()
-    first, second = s.scalars(post.versions.select()).all()
-    assert (first.author.name, first.comments) == ("bo", [])
-    assert [c.text for c in second.comments] == ["x"]
+async def test_temporal_relationships_load_lazily_in_sync_code(models: Blog, run: Run) -> None:
+    def behaviour(s: Session) -> None:
+        post = models.Post(title="sync", author=models.Author(name="bo"))
+        s.add(post)
+        s.commit()
+        post.comments.append(models.Comment(text="x"))
+        s.commit()
+        first, second = s.scalars(post.versions.select()).all()
+        assert (first.author.name, first.comments) == ("bo", [])
+        assert [c.text for c in second.comments] == ["x"]
+
+    await run(behaviour)
 
 
 async def test_revert_with_relations(models: Blog, session: AsyncSession) -> None:
@@ -248,11 +245,12 @@ async def test_revert_with_relations(models: Blog, session: AsyncSession) -> Non
     other = models.Author(name="zed")
     post.author = other
     await session.commit()
-    PV = version_class(models.Post)
+    PV = runtime_version_class(models.Post)
     first = await session.scalar(sa.select(PV).order_by(PV.transaction_id).limit(1))
     assert first is not None
 
     restored = await first.revert(relations=["comments", "author"])
+    assert restored is not None
     assert restored is post
     await session.commit()
     # c1 re-created with its id from its first version; c2 (added later) removed again
@@ -264,23 +262,23 @@ async def test_revert_with_relations(models: Blog, session: AsyncSession) -> Non
 async def test_revert_with_unknown_relation_is_a_clear_error(
     models: Blog, session: AsyncSession
 ) -> None:
-    from sqlalchemy_history_async import RevertError
-
     post = await blog_history(models, session)
     [*_, last] = (await session.scalars(post.versions.select())).all()
     with pytest.raises(RevertError, match=r"Post has no relationship 'tags'.*'comments'"):
         await last.revert(relations=["tags"])
 
 
-def test_revert_sync_with_relations(models: Blog, sync_session: Session) -> None:
-    s = sync_session
-    post = models.Post(title="p", comments=[models.Comment(text="a")])
-    s.add(post)
-    s.commit()
-    post.comments.append(models.Comment(text="b"))
-    s.commit()
-    first = s.scalars(post.versions.select()).first()
-    assert first is not None
-    first.revert_sync(relations=["comments"])
-    s.commit()
-    assert [c.text for c in post.comments] == ["a"]
+async def test_revert_sync_with_relations(models: Blog, run: Run) -> None:
+    def behaviour(s: Session) -> None:
+        post = models.Post(title="p", comments=[models.Comment(text="a")])
+        s.add(post)
+        s.commit()
+        post.comments.append(models.Comment(text="b"))
+        s.commit()
+        first = s.scalars(post.versions.select()).first()
+        assert first is not None
+        first.revert_sync(relations=["comments"])
+        s.commit()
+        assert [c.text for c in post.comments] == ["a"]
+
+    await run(behaviour)

@@ -1,4 +1,5 @@
-"""Revert through AsyncSession: inside the caller's transaction, never committing."""
+"""Revert: inside the caller's transaction, never committing; ``await version.revert()``
+through AsyncSession, ``version.revert_sync()`` with a sync Session."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
-from sqlalchemy_history_async import Operation, RevertError, VersioningError, version_class
+from sqlalchemy_history_async import Operation, RevertError, VersioningError
 
-from .models import Models
+from .conftest import Run
+from .models import Models, RuntimeVersion, runtime_version_class
 
 
-async def versions_of(session: AsyncSession, model: type[Any], pk: Any) -> list[Any]:
-    V = version_class(model)
+async def versions_of(session: AsyncSession, model: type[Any], pk: Any) -> list[RuntimeVersion]:
+    V = runtime_version_class(model)
     return list(
         (
             await session.scalars(
@@ -43,6 +46,7 @@ async def test_revert_update_restores_values_and_commit_records_a_version(
     first, _ = await versions_of(session, models.Article, a.id)
 
     restored = await first.revert()
+    assert restored is not None
     assert restored is a
     assert (a.title, a.body) == ("first", "one")
     assert session.in_transaction()
@@ -99,6 +103,7 @@ async def test_revert_recreates_a_deleted_row_with_the_same_key(
     restored = await second.revert()
     await session.commit()
 
+    assert restored is not None
     assert restored.id == article_id
     assert (restored.title, restored.body) == ("second", "two")
     assert restored.view_count == 0  # excluded column: the model's default on a new row
@@ -137,3 +142,40 @@ async def test_revert_of_a_detached_version_is_a_clear_error(
         first.revert_sync()
     with pytest.raises(VersioningError, match="ArticleVersion does not belong to an AsyncSession"):
         await first.revert()
+
+
+async def test_revert_sync_recreates_a_deleted_row(models: Models, run: Run) -> None:
+    def behaviour(session: Session) -> None:
+        a = models.Article(title="first")
+        session.add(a)
+        session.commit()
+        a.title = "second"
+        session.commit()
+        article_id = a.id
+        session.delete(a)
+        session.commit()
+        V = runtime_version_class(models.Article)
+        first = session.scalars(sa.select(V).order_by(V.transaction_id)).first()
+        assert first is not None
+
+        restored = first.revert_sync()
+        assert session.in_transaction()
+        session.commit()
+        assert restored is not None
+        assert (restored.id, restored.title) == (article_id, "first")
+        last = session.scalars(sa.select(V).order_by(V.transaction_id.desc())).first()
+        assert last is not None
+        assert last.operation_type is Operation.INSERT
+
+    await run(behaviour)
+
+
+async def test_async_revert_of_a_sync_version_is_a_clear_error(
+    models: Models, sync_session: Session
+) -> None:
+    a = models.Article(title="first")
+    sync_session.add(a)
+    sync_session.commit()
+    [v] = sync_session.scalars(a.versions.select()).all()
+    with pytest.raises(RevertError, match="revert_sync"):
+        await v.revert()

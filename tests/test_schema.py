@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from sqlalchemy_history_async import (
     AwareDateTime,
@@ -22,7 +23,8 @@ from sqlalchemy_history_async import (
 )
 from sqlalchemy_history_async._schema import build_transaction_table, build_version_table
 
-from .models import Models
+from .conftest import Run, dialect_named
+from .models import Models, runtime_version_class, table_of
 
 VERSIONED = ["Article", "Comment", "Tagging"]
 ADDED_COLUMNS = ["transaction_id", "end_transaction_id", "operation_type"]
@@ -38,13 +40,11 @@ def model(models: Models, name: str) -> type[Any]:
 
 
 def version_table(models: Models, name: str) -> sa.Table:
-    table: sa.Table = version_class(model(models, name)).__table__
-    return table
+    return table_of(version_class(model(models, name)))
 
 
 def tx_table(models: Models) -> sa.Table:
-    table: sa.Table = transaction_class(models.Article).__table__  # type: ignore[attr-defined]
-    return table
+    return table_of(transaction_class(models.Article))
 
 
 def assert_current_index(vt: sa.Table, key: tuple[str, ...]) -> sa.Index:
@@ -56,9 +56,8 @@ def assert_current_index(vt: sa.Table, key: tuple[str, ...]) -> sa.Index:
         where = ix.dialect_options[name]["where"]
         assert where is not None, name
         assert str(where) == f"{vt.name}.end_transaction_id IS NULL", name
-    dialects: list[sa.Dialect] = [sqlite.dialect(), postgresql.dialect(), mssql.dialect()]
-    for dialect in dialects:
-        ddl = str(sa.schema.CreateIndex(ix).compile(dialect=dialect))
+    for name in PARTIAL_INDEX_DIALECTS:
+        ddl = str(sa.schema.CreateIndex(ix).compile(dialect=dialect_named(name)))
         assert ddl.startswith("CREATE UNIQUE INDEX"), ddl
         assert ddl.endswith("WHERE end_transaction_id IS NULL"), ddl
     return ix
@@ -98,9 +97,10 @@ def test_excluded_column_absent(models: Models) -> None:
 
 
 def test_column_named_differently_from_attribute(models: Models) -> None:
-    V = version_class(models.Article)
-    assert "status" in V.__table__.c
-    assert V.status_.property.columns[0] is V.__table__.c.status
+    V = runtime_version_class(models.Article)
+    vt = table_of(V)
+    assert "status" in vt.c
+    assert V.status_.property.columns[0] is vt.c.status
 
 
 @pytest.mark.parametrize(
@@ -270,28 +270,27 @@ def test_operation_enum() -> None:
     assert [(m.name, int(m)) for m in Operation] == [("INSERT", 0), ("UPDATE", 1), ("DELETE", 2)]
 
 
-async def test_operation_type_returns_operation_members(
-    models: Models, session: AsyncSession
-) -> None:
-    article = models.Article(title="a")
-    session.add(article)
-    await session.commit()
-    article.title = "b"
-    await session.commit()
-    await session.delete(article)
-    await session.commit()
+async def test_operation_type_returns_operation_members(models: Models, run: Run) -> None:
+    def behaviour(session: Session) -> None:
+        article = models.Article(title="a")
+        session.add(article)
+        session.commit()
+        article.title = "b"
+        session.commit()
+        session.delete(article)
+        session.commit()
 
-    V = version_class(models.Article)
-    ops = (await session.scalars(sa.select(V.operation_type).order_by(V.transaction_id))).all()
-    assert ops == [Operation.INSERT, Operation.UPDATE, Operation.DELETE]
-    assert all(type(op) is Operation for op in ops)
-    raw = (
-        await session.scalars(
+        V = version_class(models.Article)
+        ops = session.scalars(sa.select(V.operation_type).order_by(V.transaction_id)).all()
+        assert ops == [Operation.INSERT, Operation.UPDATE, Operation.DELETE]
+        assert all(type(op) is Operation for op in ops)
+        raw = session.scalars(
             sa.text("SELECT operation_type FROM article_version ORDER BY transaction_id")
-        )
-    ).all()
-    assert raw == [0, 1, 2]
-    assert all(type(v) is int for v in raw)
+        ).all()
+        assert raw == [0, 1, 2]
+        assert all(type(v) is int for v in raw)
+
+    await run(behaviour)
 
 
 # --- one open version per row, enforced by the database -----------------------------------------
@@ -353,9 +352,9 @@ def test_transaction_table_columns(models: Models) -> None:
     assert t.name == "transaction"
     assert [c.name for c in t.primary_key] == ["id"]
     assert isinstance(t.c.id.type, sa.BigInteger)
-    assert t.c.id.type.compile(dialect=postgresql.dialect()) == "BIGINT"
+    assert t.c.id.type.compile(dialect=dialect_named("postgresql")) == "BIGINT"
     # INTEGER PRIMARY KEY is SQLite's rowid alias: the only type that autoincrements there.
-    assert t.c.id.type.compile(dialect=sqlite.dialect()) == "INTEGER"
+    assert t.c.id.type.compile(dialect=dialect_named("sqlite")) == "INTEGER"
     assert t.autoincrement_column is t.c.id
     assert not t.c.issued_at.nullable
     assert isinstance(t.c.issued_at.type, AwareDateTime)
@@ -363,8 +362,8 @@ def test_transaction_table_columns(models: Models) -> None:
     assert t.c.remote_addr.nullable
     assert t.c.meta.nullable
     version_tx = version_table(models, "Article").c.transaction_id
-    assert version_tx.type.compile(dialect=postgresql.dialect()) == "BIGINT"
-    assert version_tx.type.compile(dialect=sqlite.dialect()) == "INTEGER"
+    assert version_tx.type.compile(dialect=dialect_named("postgresql")) == "BIGINT"
+    assert version_tx.type.compile(dialect=dialect_named("sqlite")) == "INTEGER"
 
 
 def test_transaction_user_id_references_user(models: Models) -> None:
@@ -389,7 +388,7 @@ async def test_transaction_ids_autoincrement(models: Models, session: AsyncSessi
     await commit_change(session, models, "one")
     await commit_change(session, models, "two")
     assert [t.id for t in await transactions(session, models)] == [1, 2]
-    V = version_class(models.Article)
+    V = runtime_version_class(models.Article)
     assert (await session.scalars(sa.select(V.transaction_id).order_by(V.id))).all() == [1, 2]
 
 
@@ -407,14 +406,16 @@ async def test_issued_at_is_aware_utc_and_now(models: Models, session: AsyncSess
 
 def test_issued_at_rejects_naive_datetime() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        AwareDateTime().process_bind_param(datetime(2024, 1, 1), sqlite.dialect())
+        AwareDateTime().process_bind_param(datetime(2024, 1, 1), dialect_named("sqlite"))
 
 
 def test_issued_at_keeps_microseconds_on_mysql_and_mariadb() -> None:
     # A plain DATETIME would drop them there.
-    for dialect in (mysql.dialect(), mysql.mariadb.MariaDBDialect()):
+    for dialect in (dialect_named("mysql"), dialect_named("mariadb")):
         assert AwareDateTime().compile(dialect=dialect) == "DATETIME(6)"
-    assert AwareDateTime().compile(dialect=postgresql.dialect()) == "TIMESTAMP WITH TIME ZONE"
+    assert (
+        AwareDateTime().compile(dialect=dialect_named("postgresql")) == "TIMESTAMP WITH TIME ZONE"
+    )
 
 
 async def test_user_id_and_remote_addr_round_trip(models: Models, session: AsyncSession) -> None:

@@ -23,14 +23,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy_history_async import (
     Operation,
     changes_in,
-    make_versioned,
-    remove_versioning,
     select_changes,
     stream_changes,
     version_at,
-    version_class,
 )
 
+from .conftest import Run, versioned, versioned_models
+from .models import RuntimeVersion, runtime_version_class, table_of
 from .shape_models import (
     Color,
     PostgresModels,
@@ -46,16 +45,7 @@ Row = dict[str, Any]
 
 # Every test class gets a fresh versioning manager and model set: the PostgreSQL-only models
 # need their own metadata (with the ``archive`` schema), and only one manager can be active.
-@pytest.fixture(scope="class")
-def models() -> Iterator[ShapeModels]:
-    make_versioned()
-    ns = define_shape_models()
-    try:
-        sa.orm.configure_mappers()
-        yield ns
-    finally:
-        remove_versioning()
-        ns.Base.registry.dispose()
+models = versioned_models(define_shape_models, scope="class")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -100,8 +90,8 @@ def changes(old: Row, new: Row) -> dict[str, list[Any]]:
     return {a: [old.get(a), v] for a, v in new.items() if old.get(a) != v}
 
 
-def versions_stmt(model: type[Any], key: tuple[Any, ...]) -> sa.Select[Any]:
-    V = version_class(model)
+def versions_stmt(model: type[Any], key: tuple[Any, ...]) -> sa.Select[RuntimeVersion]:
+    V = runtime_version_class(model)
     return (
         sa.select(V)
         .where(*[getattr(V, a) == v for a, v in zip(pk_attrs(model), key, strict=True)])
@@ -110,11 +100,13 @@ def versions_stmt(model: type[Any], key: tuple[Any, ...]) -> sa.Select[Any]:
     )
 
 
-async def versions_of(session: AsyncSession, model: type[Any], key: tuple[Any, ...]) -> list[Any]:
+async def versions_of(
+    session: AsyncSession, model: type[Any], key: tuple[Any, ...]
+) -> list[RuntimeVersion]:
     return list((await session.scalars(versions_stmt(model, key))).all())
 
 
-def assert_chain(versions: list[Any]) -> None:
+def assert_chain(versions: list[RuntimeVersion]) -> None:
     """Each version is closed by the next one's transaction; the last one is current."""
     assert len({v.transaction_id for v in versions}) == len(versions)
     assert [v.end_transaction_id for v in versions] == [
@@ -132,63 +124,14 @@ def expected_rows(
     return first_row, {**first_row, **as_stored(db, second)}
 
 
-async def round_trip(
-    session: AsyncSession, db: str, model: type[Any], first: Row, second: Row
-) -> list[Any]:
+def round_trip(
+    session: Session, db: str, model: type[Any], first: Row, second: Row
+) -> list[RuntimeVersion]:
     """Insert ``first``, update to ``second``, delete, revert to the insert, then to the update.
 
     Asserts every version's values, operation, validity chain, index and changeset; returns
     the five versions.
     """
-    obj = model(**first)
-    session.add(obj)
-    await session.commit()
-    key = identity(obj)
-    first_row, second_row = expected_rows(db, model, key, first, second)
-    for attr, value in second.items():
-        setattr(obj, attr, value)
-    await session.commit()
-    await session.delete(obj)
-    await session.commit()
-
-    inserted, updated, deleted = await versions_of(session, model, key)
-    assert [(v.operation_type, values(v, first_row)) for v in (inserted, updated, deleted)] == [
-        (INSERT, first_row),
-        (UPDATE, second_row),
-        (DELETE, second_row),
-    ]
-
-    restored = await inserted.revert()  # re-creates the deleted row
-    await session.commit()
-    await session.refresh(restored)
-    assert values(restored, first_row) == first_row
-    restored = await updated.revert()  # updates the existing row
-    await session.commit()
-    await session.refresh(restored)
-    assert values(restored, second_row) == second_row
-
-    versions = await versions_of(session, model, key)
-    assert [(v.operation_type, values(v, first_row)) for v in versions] == [
-        (INSERT, first_row),
-        (UPDATE, second_row),
-        (DELETE, second_row),
-        (INSERT, first_row),
-        (UPDATE, second_row),
-    ]
-    assert_chain(versions)
-    assert [await v.awaitable_attrs.index for v in versions] == [0, 1, 2, 3, 4]
-    assert [await v.awaitable_attrs.changeset for v in versions] == [
-        changes({}, first_row),
-        changes(first_row, second_row),
-        {},
-        changes(second_row, first_row),
-        changes(first_row, second_row),
-    ]
-    return versions
-
-
-def round_trip_sync(session: Session, db: str, model: type[Any], first: Row, second: Row) -> None:
-    """:func:`round_trip` through a sync ``Session`` (lazy loads, ``revert_sync()``)."""
     obj = model(**first)
     session.add(obj)
     session.commit()
@@ -200,12 +143,18 @@ def round_trip_sync(session: Session, db: str, model: type[Any], first: Row, sec
     session.delete(obj)
     session.commit()
 
-    inserted, updated, _ = session.scalars(versions_stmt(model, key)).all()
-    restored = inserted.revert_sync()
+    inserted, updated, deleted = session.scalars(versions_stmt(model, key)).all()
+    assert [(v.operation_type, values(v, first_row)) for v in (inserted, updated, deleted)] == [
+        (INSERT, first_row),
+        (UPDATE, second_row),
+        (DELETE, second_row),
+    ]
+
+    restored = inserted.revert_sync()  # re-creates the deleted row
     session.commit()
     session.refresh(restored)
     assert values(restored, first_row) == first_row
-    restored = updated.revert_sync()
+    restored = updated.revert_sync()  # updates the existing row
     session.commit()
     session.refresh(restored)
     assert values(restored, second_row) == second_row
@@ -227,6 +176,7 @@ def round_trip_sync(session: Session, db: str, model: type[Any], first: Row, sec
         changes(second_row, first_row),
         changes(first_row, second_row),
     ]
+    return versions
 
 
 def utc_or_offset(db: str) -> dt.tzinfo:
@@ -328,18 +278,11 @@ def shape_model(models: ShapeModels, shape: str) -> type[Any]:
 
 class TestShapes:
     @pytest.mark.parametrize("shape", list(SHAPES))
-    async def test_round_trip(
-        self, models: ShapeModels, session: AsyncSession, db: str, shape: str
-    ) -> None:
+    async def test_round_trip(self, models: ShapeModels, run: Run, db: str, shape: str) -> None:
         first, second = SHAPES[shape].rows(db, 0)
-        await round_trip(session, db, shape_model(models, shape), first, second)
-
-    @pytest.mark.parametrize("shape", ["composite_key", "renamed_columns", "column_types"])
-    def test_round_trip_sync(
-        self, models: ShapeModels, sync_session: Session, db: str, shape: str
-    ) -> None:
-        first, second = SHAPES[shape].rows(db, 0)
-        round_trip_sync(sync_session, db, shape_model(models, shape), first, second)
+        await run(
+            lambda session: round_trip(session, db, shape_model(models, shape), first, second)
+        )
 
     @pytest.mark.parametrize("shape", list(SHAPES))
     async def test_several_rows_per_flush(
@@ -371,7 +314,7 @@ class TestShapes:
             versions = await versions_of(session, model, key)
             assert [(v.operation_type, values(v, want[0][1])) for v in versions] == want
             assert_chain(versions)
-        V = version_class(model)
+        V = runtime_version_class(model)
         assert await session.scalar(sa.select(sa.func.count()).select_from(V)) == 7
 
     @pytest.mark.parametrize("shape", list(SHAPES))
@@ -430,7 +373,7 @@ class TestShapes:
             assert identity(found) == (*key, row.transaction_id)
 
 
-KEY_CHANGES = {
+KEY_CHANGES: dict[str, Row] = {
     "composite_key": {"slot": "z"},
     "string_key": {"code": "DD"},
     "renamed_columns": {"number": 9999},
@@ -485,37 +428,38 @@ GENERATED = {"status": "pending", "priority": 5, "urgent": False}
 
 
 class TestServerDefaults:
-    async def test_versions_hold_generated_values(
-        self, models: ShapeModels, session: AsyncSession
-    ) -> None:
-        Order = models.PurchaseOrder
-        order = Order(label="first")
-        session.add(order)
-        await session.commit()
-        key = identity(order)
-        stored = values(await session.get(Order, key, populate_existing=True), column_attrs(Order))
-        assert {a: stored[a] for a in GENERATED} == GENERATED
-        assert stored["created_at"] is not None
+    async def test_versions_hold_generated_values(self, models: ShapeModels, run: Run) -> None:
+        def behaviour(session: Session) -> None:
+            Order = models.PurchaseOrder
+            order = Order(label="first")
+            session.add(order)
+            session.commit()
+            key = identity(order)
+            stored = values(session.get(Order, key, populate_existing=True), column_attrs(Order))
+            assert {a: stored[a] for a in GENERATED} == GENERATED
+            assert stored["created_at"] is not None
 
-        order.label = "second"
-        await session.commit()
-        session.expire(order)  # the DELETE version reads every value back from the database
-        await session.delete(order)
-        await session.commit()
+            order.label = "second"
+            session.commit()
+            session.expire(order)  # the DELETE version reads every value back from the database
+            session.delete(order)
+            session.commit()
 
-        inserted, updated, deleted = await versions_of(session, Order, key)
-        assert values(inserted, stored) == stored
-        assert values(updated, stored) == {**stored, "label": "second"}
-        assert values(deleted, stored) == {**stored, "label": "second"}
-        assert await inserted.awaitable_attrs.changeset == changes({}, stored)
-        assert await updated.awaitable_attrs.changeset == {"label": ["first", "second"]}
+            inserted, updated, deleted = session.scalars(versions_stmt(Order, key)).all()
+            assert values(inserted, stored) == stored
+            assert values(updated, stored) == {**stored, "label": "second"}
+            assert values(deleted, stored) == {**stored, "label": "second"}
+            assert inserted.changeset == changes({}, stored)
+            assert updated.changeset == {"label": ["first", "second"]}
 
-        restored = await inserted.revert()
-        await session.commit()
-        await session.refresh(restored)
-        assert values(restored, stored) == stored  # the recorded values, not new defaults
-        *_, reinserted = await versions_of(session, Order, key)
-        assert (reinserted.operation_type, values(reinserted, stored)) == (INSERT, stored)
+            restored = inserted.revert_sync()
+            session.commit()
+            session.refresh(restored)
+            assert values(restored, stored) == stored  # the recorded values, not new defaults
+            *_, reinserted = session.scalars(versions_stmt(Order, key)).all()
+            assert (reinserted.operation_type, values(reinserted, stored)) == (INSERT, stored)
+
+        await run(behaviour)
 
     async def test_explicit_values_override_server_defaults(
         self, models: ShapeModels, session: AsyncSession, db: str
@@ -536,23 +480,6 @@ class TestServerDefaults:
         [inserted] = await versions_of(session, models.PurchaseOrder, identity(order))
         assert values(inserted, given) == given
 
-    def test_sync_session(self, models: ShapeModels, sync_session: Session) -> None:
-        Order = models.PurchaseOrder
-        order = Order(label="sync")
-        sync_session.add(order)
-        sync_session.commit()
-        key = identity(order)
-        stored = values(sync_session.get(Order, key, populate_existing=True), column_attrs(Order))
-        sync_session.expire(order)
-        sync_session.delete(order)
-        sync_session.commit()
-
-        inserted, deleted = sync_session.scalars(versions_stmt(Order, key)).all()
-        assert {a: stored[a] for a in GENERATED} == GENERATED
-        assert stored["created_at"] is not None
-        assert values(inserted, stored) == values(deleted, stored) == stored
-        assert inserted.changeset == changes({}, stored)
-
 
 class TestRenamedColumns:
     async def test_version_table_uses_the_database_names(
@@ -569,7 +496,7 @@ class TestRenamedColumns:
         added = ["transaction_id", "end_transaction_id", "operation_type"]
         assert names == ["region", "acct_no", "holder", "balance", *added]
         assert sorted(pk) == sorted(["region", "acct_no", "transaction_id"])
-        V = version_class(models.Account)
+        V = runtime_version_class(models.Account)
         assert {
             a: getattr(V, a).property.columns[0].name for a in column_attrs(models.Account)
         } == {
@@ -589,14 +516,8 @@ class TestPostgreSQL:
     @pytest.fixture(scope="class")
     @classmethod
     def models(cls) -> Iterator[PostgresModels]:
-        make_versioned()
-        ns = define_postgres_models()
-        try:
-            sa.orm.configure_mappers()
-            yield ns
-        finally:
-            remove_versioning()
-            ns.Base.registry.dispose()
+        with versioned(define_postgres_models) as models:
+            yield models
 
     @pytest.fixture(autouse=True)
     async def archive_schema(self, db: str, request: pytest.FixtureRequest) -> AsyncIterator[None]:
@@ -619,37 +540,36 @@ class TestPostgreSQL:
             await engine.dispose()
 
     async def test_array_and_jsonb_round_trip(
-        self, models: PostgresModels, session: AsyncSession, db: str
+        self, models: PostgresModels, run: Run, db: str
     ) -> None:
-        await round_trip(
-            session,
-            db,
-            models.Measurement,
-            {
-                "readings": [3, 1, 4, 1, 5],
-                "labels": ["a", "b c", "ü"],
-                "doc": {"a": {"b": [1, 2, {"c": None}]}, "n": 1.25, "t": True},
-            },
-            {"readings": [], "labels": None, "doc": [{"x": 1}, "y"]},
-        )
+        def behaviour(session: Session) -> None:
+            round_trip(
+                session,
+                db,
+                models.Measurement,
+                {
+                    "readings": [3, 1, 4, 1, 5],
+                    "labels": ["a", "b c", "ü"],
+                    "doc": {"a": {"b": [1, 2, {"c": None}]}, "n": 1.25, "t": True},
+                },
+                {"readings": [], "labels": None, "doc": [{"x": 1}, "y"]},
+            )
+            round_trip(
+                session,
+                db,
+                models.Measurement,
+                {"readings": [7], "labels": [], "doc": {"k": [1, 2]}},
+                {"readings": [7, 8, 9], "labels": ["z"], "doc": {"k": [1, 2], "l": {}}},
+            )
 
-    def test_array_and_jsonb_round_trip_sync(
-        self, models: PostgresModels, sync_session: Session, db: str
-    ) -> None:
-        round_trip_sync(
-            sync_session,
-            db,
-            models.Measurement,
-            {"readings": [7], "labels": [], "doc": {"k": [1, 2]}},
-            {"readings": [7, 8, 9], "labels": ["z"], "doc": {"k": [1, 2], "l": {}}},
-        )
+        await run(behaviour)
 
     async def test_version_table_in_the_parent_schema(
         self, models: PostgresModels, engine: AsyncEngine
     ) -> None:
-        vt = version_class(models.ArchivedNote).__table__
+        vt = table_of(runtime_version_class(models.ArchivedNote))
         assert (vt.schema, vt.name) == ("archive", "note_version")
-        assert version_class(models.Note).__table__.schema is None
+        assert table_of(runtime_version_class(models.Note)).schema is None
 
         def tables(conn: sa.Connection) -> tuple[set[str], set[str]]:
             inspector = sa.inspect(conn)
@@ -665,8 +585,8 @@ class TestPostgreSQL:
     ) -> None:
         session.add(models.Note(id=1, body="same key, default schema"))
         await session.commit()
-        versions = await round_trip(
-            session,
+        versions = await session.run_sync(
+            round_trip,
             db,
             models.ArchivedNote,
             {"id": 1, "body": "archived", "tags": ["x"]},
