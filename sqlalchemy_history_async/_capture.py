@@ -23,10 +23,13 @@ snapshot, matching what the database undid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, instance_state
@@ -35,15 +38,13 @@ from ._context import recording
 from ._exceptions import ConfigurationError
 from ._info import Catalog, TableVersioning, VersionInfo
 from ._schema import INFO_KEY, Operation
+from ._sqlite import begin_before_savepoint
 from ._writes import Key, Plan, Row, Step, Writer
 
 __all__ = ["SESSION_INFO_KEY", "Recorder", "UnitOfWork"]
 
 #: ``session.info[SESSION_INFO_KEY]`` maps each recorder to its :class:`UnitOfWork`.
 SESSION_INFO_KEY = INFO_KEY
-#: ``Connection.info[WATCH_KEY]`` maps each recorder to the unit of work of the session whose
-#: flush runs on that connection (set in before_flush, removed in after_flush).
-WATCH_KEY = INFO_KEY + ".flushing"
 
 
 @dataclass
@@ -79,8 +80,9 @@ class UnitOfWork:
     # Filled by mapper events during a flush, drained by after_flush; deleted rows carry
     # their last values by column key.
     pending: dict[TableVersioning, dict[Key, Pending]] = field(default_factory=dict)
-    # Connections whose association-table statements are being noted (during a flush).
-    watching: set[Connection] = field(default_factory=set)
+    # Connections whose association-table statements are being noted (during a flush), with
+    # the before_execute listener put on each.
+    watching: dict[Connection, Callable[..., None]] = field(default_factory=dict)
     # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
     # Values the attributes changed so far had when the transaction began, per row: a row
@@ -255,42 +257,42 @@ class Recorder:
     # --- association tables -------------------------------------------------------------------
 
     def _watch_associations(self, session: Session) -> None:
-        """Note this flush's statements on versioned association tables (see before_execute)."""
+        """Note this flush's statements on versioned association tables.
+
+        A ``before_execute`` listener goes on the session's connection for the time of the
+        flush only: a listener on the Engine class would slow down every statement of the
+        process.
+        """
         uow = self.uow(session)
         for table in self._catalog.associations.values():
             connection = session.connection(bind_arguments={"clause": table.parent_table})
             if connection not in uow.watching:
-                connection.info.setdefault(WATCH_KEY, {})[self] = uow
-                uow.watching.add(connection)
+                listener = partial(self._association_statement, uow)
+                event.listen(connection, "before_execute", listener)
+                uow.watching[connection] = listener
 
     def _unwatch(self, uow: UnitOfWork) -> None:
-        for connection in uow.watching:
-            watched: dict[Recorder, UnitOfWork] | None = connection.info.get(WATCH_KEY)
-            if watched is not None:
-                watched.pop(self, None)
-                if not watched:
-                    del connection.info[WATCH_KEY]
+        for connection, listener in uow.watching.items():
+            if event.contains(connection, "before_execute", listener):
+                event.remove(connection, "before_execute", listener)
         uow.watching.clear()
 
-    def before_execute(
+    def _association_statement(
         self,
+        uow: UnitOfWork,
         connection: Connection,
         statement: Any,
         multiparams: list[dict[str, Any]],
         params: dict[str, Any],
         execution_options: Any,
     ) -> None:
-        """Engine event: note the links an association-table statement of a flush changes."""
+        """``before_execute`` during a flush: note the links a statement adds or removes."""
         if not isinstance(statement, sa.Insert | sa.Delete | sa.Update):
             return
         target = statement.table
         table = self._catalog.associations.get(target) if isinstance(target, sa.Table) else None
         if table is None:
             return
-        watched: dict[Recorder, UnitOfWork] | None = connection.info.get(WATCH_KEY)
-        uow = None if watched is None else watched.get(self)
-        if uow is None:
-            return  # not written by a flush of this manager's sessions
         rows = multiparams or [params]
         pending = uow.pending.setdefault(table, {})
         if isinstance(statement, sa.Insert):
@@ -393,6 +395,7 @@ class Recorder:
     def after_transaction_create(self, session: Session, transaction: SessionTransaction) -> None:
         """Snapshot the bookkeeping when a savepoint begins."""
         if transaction.nested:
+            begin_before_savepoint(session, transaction)
             uow = self.uow(session)
             seen = {
                 table: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}

@@ -23,7 +23,6 @@ from ._exceptions import ConfigurationError
 from ._info import Catalog, VersionInfo, set_default_catalog
 from ._options import ManagerOptions, UserClass
 from ._schema import INFO_KEY, TRANSACTION_TABLE_NAME
-from ._sqlite import begin_before_first_savepoint
 from ._writes import Writer
 
 __all__ = ["VersioningManager", "default_manager", "make_versioned", "remove_versioning"]
@@ -110,10 +109,6 @@ class VersioningManager:
         self._listen(Session, "after_transaction_create", recorder.after_transaction_create)
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)
-        self._listen(sa.engine.Engine, "before_execute", recorder.before_execute)
-        # One listener per manager (SQLAlchemy keeps one registration per function), so
-        # removing one manager leaves the others' in place.
-        self._listen(sa.engine.Engine, "savepoint", partial(begin_before_first_savepoint))
         self.catalog.infos[:] = [info for info in self.catalog.infos if info.live]
         for info in self.catalog.infos:
             self._listen_model(info)
