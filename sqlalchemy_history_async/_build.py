@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper, RelationshipProperty
+from sqlalchemy.orm.interfaces import MANYTOONE
 
 from ._exceptions import ConfigurationError, VersioningError
 from ._info import Catalog, LinkVersioning, TableVersioning, VersionInfo
@@ -97,6 +98,7 @@ class Builder:
             for info in infos:
                 self._link_many_to_many(info, viewonly=viewonly)
         for info in infos:
+            info.foreign_key_attrs.update(_foreign_key_attrs(info))
             add_temporal_relationships(info)
 
     # --- models -------------------------------------------------------------------------------
@@ -387,6 +389,26 @@ def _check_bookkeeping_names(model: str, table: sa.Table, attrs: dict[str, str])
                 f"({', '.join(_BOOKKEEPING)}); rename the column or attribute, or exclude it "
                 "with __versioned__ = {'exclude': [...]}"
             )
+
+
+def _foreign_key_attrs(info: VersionInfo) -> dict[str, tuple[str, ...]]:
+    """Many-to-one relationships of the model and the tracked attributes the flush sets."""
+    out: dict[str, tuple[str, ...]] = {}
+    mapper = info.parent_mapper
+    for rel in mapper.relationships:
+        if rel.direction is not MANYTOONE or rel.viewonly:
+            continue
+        attrs = []
+        for column in rel.local_columns:
+            try:
+                attr = mapper.get_property_by_column(column).key
+            except sa.orm.exc.UnmappedColumnError:
+                continue
+            if attr in info.attr_set:
+                attrs.append(attr)
+        if attrs:
+            out[rel.key] = tuple(attrs)
+    return out
 
 
 def _table_of(cls: type[Any]) -> sa.Table:

@@ -174,6 +174,9 @@ class Recorder:
             before = history.deleted or history.unchanged
             if before:
                 old[attr] = before[0]
+        if stored is not None:
+            # values the row held before the flush, for attributes assigned while not loaded
+            old = {**stored, **old}
         if len(old) < len(info.attrs):
             # Attributes never loaded were not changed either: the row (now under its new key)
             # still holds their old values.
@@ -331,10 +334,7 @@ class Recorder:
             state: InstanceState[Any] = instance_state(obj)
             self._check_versioned(state)
             info = self._info_of(state)
-            if info is not None and any(
-                state.committed_state[a] is NO_VALUE
-                for a in state.committed_state.keys() & info.attr_set
-            ):
+            if info is not None and _stored_value_needed(info, state):
                 wanted.setdefault(info, []).append(_identity(state))
         for obj in session.deleted:
             state = instance_state(obj)
@@ -441,6 +441,21 @@ def _stored_values(info: VersionInfo, state: InstanceState[Any]) -> dict[str, An
         elif attr in state.dict:
             values[attr] = state.dict[attr]
     return values
+
+
+def _stored_value_needed(info: VersionInfo, state: InstanceState[Any]) -> bool:
+    """Whether the flush may write a tracked column whose stored value is not in memory.
+
+    An attribute assigned while not loaded (expired, deferred), or the foreign key columns of a
+    many-to-one relationship assigned while they are not loaded (the flush sets them).
+    """
+    committed = state.committed_state
+    if any(committed[a] is NO_VALUE for a in committed.keys() & info.attr_set):
+        return True
+    for rel, columns in info.foreign_key_attrs.items():
+        if rel in committed and any(c not in state.dict for c in columns):
+            return True
+    return False
 
 
 def _changed(

@@ -87,6 +87,8 @@ class VersionInfo:
     links: list[LinkVersioning] = field(default_factory=list)
     version_class: type[Version[Any]] = field(init=False)
     attr_set: frozenset[str] = field(init=False)
+    #: many-to-one relationship key → the tracked attributes of its foreign key columns
+    foreign_key_attrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: attributes whose change records a version: tracked columns and tracked relationships
     watched: frozenset[str] = field(init=False)
 
