@@ -79,3 +79,22 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[aiosqlite,asyncpg]", "matplotlib")
     envs_dir = os.path.join(os.path.dirname(session.virtualenv.location), "bench-envs")
     session.run("python", "benchmarks/run.py", "--envs-dir", envs_dir, *session.posargs)
+
+
+@nox.session
+def randomized(session: nox.Session) -> None:
+    """The randomized model test of history with its long profile (not run by default).
+
+    Runs only ``tests/test_randomized.py`` with ``HISTORY_RANDOMIZED_PROFILE=long``: the
+    hypothesis state machine for at least 10,000 seeded, reproducible steps per database
+    (``HISTORY_TEST_DATABASES`` selects the databases, as for ``tests``). Arguments after
+    ``--`` go to pytest.
+    """
+    session.install("-e", ".[test]")
+    session.install(f"sqlalchemy[asyncio]{SQLALCHEMY_LINES['2.1']}")
+    session.run(
+        "pytest",
+        "tests/test_randomized.py",
+        *(session.posargs or ["-q", "-ra"]),
+        env={"HISTORY_RANDOMIZED_PROFILE": "long"},
+    )
