@@ -168,12 +168,7 @@ class Recorder:
             back = self._back_to_start(uow, info, state, key, stored)
             self._note(info, state, key, None if back else Operation.UPDATE, None)
             return
-        old: dict[str, Any] = {}
-        for attr in info.attrs:
-            history = state.get_history(attr, PASSIVE_NO_INITIALIZE)
-            before = history.deleted or history.unchanged
-            if before:
-                old[attr] = before[0]
+        old = _stored_values(info, state)  # the flush has not reset committed_state yet
         if stored is not None:
             # values the row held before the flush, for attributes assigned while not loaded
             old = {**stored, **old}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, SessionTransaction
 
 __all__ = ["begin_before_savepoint"]
@@ -25,7 +26,7 @@ def begin_before_savepoint(session: Session, transaction: SessionTransaction) ->
     """
     try:
         bind = session.get_bind()
-    except Exception:  # no bind configured: nothing to do here
+    except sa.exc.UnboundExecutionError:  # no default bind: nothing to do here
         return
     if bind.dialect.name != "sqlite":
         return

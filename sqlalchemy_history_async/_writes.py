@@ -141,14 +141,10 @@ class Writer:
         """Current values of ``info``'s tracked attributes for ``keys``, one query per table."""
         out: dict[Key, dict[str, Any]] = {}
         for table in info.tables:
-            stmt = self.statements(table).load
-            for start in range(0, len(keys), CHUNK):
-                chunk = _bind_keys(keys[start : start + CHUNK])
-                for row in connection.execute(stmt, {"_keys": chunk}).mappings():
-                    key = tuple(row[c] for c in table.key_columns)
-                    out.setdefault(key, {}).update(
-                        {a: row[c] for a, c in table.attrs.items() if a in info.attr_set}
-                    )
+            for key, row in self.load_rows(connection, table, keys).items():
+                out.setdefault(key, {}).update(
+                    {a: row[c] for a, c in table.attrs.items() if a in info.attr_set}
+                )
         return out
 
     def load_rows(

@@ -471,3 +471,26 @@ def test_changed_back_across_flushes_sync(base: type[DeclarativeBase], tmp_path:
             assert session.scalars(sa.select(V.operation_type)).all() == [Operation.INSERT]
     finally:
         engine.dispose()
+
+
+# --- the documented limit: statements outside the unit of work ----------------------------------
+
+
+async def test_bulk_and_core_writes_are_not_recorded_yet(
+    base: type[DeclarativeBase], engine: AsyncEngine
+) -> None:
+    """ORM bulk and Core DML bypass the unit of work and record nothing (README, usage.md).
+
+    Pins the documented limit: when they are captured, this test changes with the docs.
+    """
+    Item = define_item(base)
+    V = runtime_version_class(Item)
+    await reset_schema(engine, base.metadata)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        session.add(Item(id=1, val=1, note="orm"))
+        await session.commit()
+        await session.execute(sa.update(Item).where(Item.id == 1).values(val=2))
+        await session.execute(sa.insert(Item.__table__).values(id=2, val=1, note="core"))
+        await session.commit()
+        rows = (await session.execute(sa.select(V.id, V.val, V.operation_type))).all()
+        assert [tuple(r) for r in rows] == [(1, 1, Operation.INSERT)]
