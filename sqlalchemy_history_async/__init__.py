@@ -5,6 +5,7 @@ Coroutines have the plain name (``version_at``, ``changes_in``, ``stream_changes
 ``Version.revert``); each has a sync twin of the same name with ``_sync``.
 """
 
+from ._capture import flush_history, flush_history_sync
 from ._context import (
     TransactionContext,
     current_context,
@@ -50,6 +51,8 @@ __all__ = [
     "changes_in_sync",
     "current_context",
     "diff",
+    "flush_history",
+    "flush_history_sync",
     "json_patch",
     "make_versioned",
     "parent_class",

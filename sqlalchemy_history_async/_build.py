@@ -20,11 +20,13 @@ from ._exceptions import ConfigurationError, VersioningError
 from ._info import Catalog, LinkVersioning, TableVersioning, VersionInfo
 from ._models import Transaction, map_transaction_class, map_version_class
 from ._options import ManagerOptions, column_properties, model_options
+from ._order import LOCK_TABLE_SUFFIX, build_lock_table
 from ._relationships import add_temporal_relationships
 from ._schema import (
     INFO_KEY,
     build_transaction_table,
     build_version_table,
+    identifier,
     version_column,
     version_table_name,
 )
@@ -334,11 +336,12 @@ class Builder:
         metadata = mapper.local_table.metadata  # type: ignore[attr-defined]
         name = self.options.transaction_table
         schema = self.options.transaction_schema
-        if metadata.tables.get(f"{schema}.{name}" if schema else name) is not None:
-            raise ConfigurationError(
-                f"{mapper.class_.__name__}: its MetaData already has a table {name!r}; "
-                "choose another name with VersioningManager(transaction_table=...)"
-            )
+        for taken in (name, identifier(name + LOCK_TABLE_SUFFIX)):
+            if metadata.tables.get(f"{schema}.{taken}" if schema else taken) is not None:
+                raise ConfigurationError(
+                    f"{mapper.class_.__name__}: its MetaData already has a table {taken!r}; "
+                    "choose another name with VersioningManager(transaction_table=...)"
+                )
         table = build_transaction_table(
             metadata,
             user_id_column=user_column,
@@ -346,6 +349,7 @@ class Builder:
             name=name,
             schema=schema,
         )
+        build_lock_table(table)
         return map_transaction_class(mapper.registry, table, user_cls)
 
     def _resolve_user_class(self, mapper: Mapper[Any], *, required: bool) -> Any:

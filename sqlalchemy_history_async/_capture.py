@@ -7,14 +7,18 @@ the ORM writes — never a scan of the identity map — and only note the row's 
 session's :class:`UnitOfWork`. Many-to-many links are noted from the statements the flush runs
 on the association tables (the ``before_execute`` event while the session flushes): exactly
 the links the database gains and loses, whatever the state of the collections in memory.
-``after_flush`` folds what the flush noted into the transaction's bookkeeping and hands the
-resulting plans to the :class:`~._writes.Writer`, which writes, per version table, a handful of
-set-based statements (one statement in all on PostgreSQL).
+What the flushes noted accumulates until the transaction commits: ``before_commit`` flushes
+the session, takes the commit-order lock (:mod:`._order`) and hands the plans to the
+:class:`~._writes.Writer`, which writes, per version table, a handful of set-based statements
+(one statement in all on PostgreSQL). Transaction ids, validity chains and the change feed
+therefore follow commit order. Once a transaction holds the lock (it committed its history,
+or :func:`flush_history_sync` asked for the history early), each later flush writes its
+history at once.
 
 One transaction row per database transaction, one version row per key per transaction carrying
-the final state: when a later flush of the same transaction touches a key again, its version
-row is replaced, and a key whose net effect is nothing (insert then delete) leaves no row — and
-if nothing is left at all, no transaction row either.
+the final state; a key whose net effect is nothing (insert then delete) leaves no row — and if
+nothing is left at all, no transaction row either. (After an early write, a later flush that
+touches a key again replaces its version row.)
 
 State lives in ``session.info`` (one :class:`UnitOfWork` per manager) and is dropped when the
 session's transaction ends. Savepoints snapshot it; a rolled-back savepoint restores the
@@ -23,6 +27,7 @@ snapshot, matching what the database undid.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,17 +36,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, UOWTransaction
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, instance_state
 
-from ._context import recording
+from ._context import TransactionContext, current_context, recording
 from ._exceptions import ConfigurationError
 from ._info import Catalog, TableVersioning, VersionInfo
+from ._order import take_commit_lock
 from ._schema import INFO_KEY, Operation
 from ._sqlite import begin_before_savepoint
 from ._writes import Key, Plan, Row, Step, Writer
 
-__all__ = ["SESSION_INFO_KEY", "Recorder", "UnitOfWork"]
+__all__ = ["SESSION_INFO_KEY", "Recorder", "UnitOfWork", "flush_history", "flush_history_sync"]
 
 #: ``session.info[SESSION_INFO_KEY]`` maps each recorder to its :class:`UnitOfWork`.
 SESSION_INFO_KEY = INFO_KEY
@@ -61,6 +68,8 @@ Seen = dict[TableVersioning, dict[Key, _KeyState]]
 #: deletes the row's last values by column key.
 Pending = tuple[Operation | None, Operation | None, Row | None]
 
+_RANKS = itertools.count()
+
 #: An attribute's value at the start of the transaction that is not known.
 _UNKNOWN = object()
 
@@ -70,16 +79,35 @@ def _pend(pending: dict[Key, Pending], key: Key, op: Operation | None, row: Row 
     pending[key] = (op if earlier is None else earlier[0], op, row)
 
 
+Changes = dict[TableVersioning, dict[Key, Pending]]
+
+
+@dataclass
+class _Snapshot:
+    """The bookkeeping when a savepoint began, restored when it rolls back."""
+
+    transaction_id: int | None
+    seen: Seen
+    rows: int
+    pending: Changes
+    ordered: bool
+    context: TransactionContext | None
+
+
 @dataclass
 class UnitOfWork:
     """History bookkeeping of one session transaction for one manager."""
 
     transaction_id: int | None = None
-    seen: Seen = field(default_factory=dict)
+    seen: Seen = field(default_factory=dict)  # keys with history written in this transaction
     rows: int = 0  # how many keys currently have a version row in this transaction
-    # Filled by mapper events during a flush, drained by after_flush; deleted rows carry
-    # their last values by column key.
-    pending: dict[TableVersioning, dict[Key, Pending]] = field(default_factory=dict)
+    # Filled by mapper events, drained when the history is written (at commit, or at each
+    # flush once ``ordered``); deleted rows carry their last values by column key.
+    pending: Changes = field(default_factory=dict)
+    # The transaction holds the commit-order lock: its history is written at each flush.
+    ordered: bool = False
+    # The context in force at the first flush that noted a change: the transaction row's.
+    context: TransactionContext | None = None
     # Connections whose association-table statements are being noted (during a flush), with
     # the before_execute listener put on each.
     watching: dict[Connection, Callable[..., None]] = field(default_factory=dict)
@@ -88,7 +116,30 @@ class UnitOfWork:
     # Values the attributes changed so far had when the transaction began, per row: a row
     # changed and changed back by later flushes records nothing.
     originals: dict[tuple[VersionInfo, Key], dict[str, Any]] = field(default_factory=dict)
-    savepoints: dict[SessionTransaction, tuple[int | None, Seen, int]] = field(default_factory=dict)
+    savepoints: dict[SessionTransaction, _Snapshot] = field(default_factory=dict)
+
+    def existed_before(self, table: TableVersioning, key: Key) -> bool | None:
+        """Whether the row existed when the transaction began (``None``: not touched yet)."""
+        ks = self.seen.get(table, {}).get(key)
+        if ks is not None:
+            return ks.existed_before
+        change = self.pending.get(table, {}).get(key)
+        return None if change is None else change[0] is not Operation.INSERT
+
+    def snapshot(self) -> _Snapshot:
+        """A copy of the bookkeeping a rolled-back savepoint goes back to."""
+        seen = {
+            table: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}
+            for table, keys in self.seen.items()
+        }
+        pending = {table: dict(changes) for table, changes in self.pending.items()}
+        return _Snapshot(self.transaction_id, seen, self.rows, pending, self.ordered, self.context)
+
+    def restore(self, snapshot: _Snapshot) -> None:
+        """Go back to ``snapshot``."""
+        self.transaction_id, self.seen = snapshot.transaction_id, snapshot.seen
+        self.rows, self.pending = snapshot.rows, snapshot.pending
+        self.ordered, self.context = snapshot.ordered, snapshot.context
 
 
 class Recorder:
@@ -101,6 +152,8 @@ class Recorder:
 
     def __init__(self, writer: Writer, catalog: Catalog) -> None:
         self.writer = writer
+        #: creation order: a session with several managers takes their locks in this order
+        self.rank = next(_RANKS)
         self._catalog = catalog
         self._recordable: set[type[Any]] = set()  # classes that passed _check_versioned
 
@@ -188,8 +241,8 @@ class Recorder:
         stored: dict[str, Any] | None,
     ) -> bool:
         """Whether every attribute this transaction changed holds its starting value again."""
-        seen = uow.seen.get(info.tables[0], {}).get(key)
-        if seen is not None and not seen.existed_before:
+        existed = uow.existed_before(info.tables[0], key)
+        if existed is False:
             return False  # inserted by this transaction
         committed = state.committed_state
         if any(a not in info.attr_set for a in committed.keys() & info.watched):
@@ -204,7 +257,7 @@ class Recorder:
                     originals[attr] = stored[attr]
                 else:
                     originals[attr] = _UNKNOWN
-        if seen is None:
+        if existed is None:
             return False  # the transaction's first change of the row changes something
         for attr, original in originals.items():
             if original is _UNKNOWN or attr not in state.dict:
@@ -371,17 +424,49 @@ class Recorder:
         self._recordable.add(cls)
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
-        """Write the history of this flush: a few set-based statements per version table."""
+        """Keep what the flush noted for the commit (or write it now, once ordered)."""
         uow = self._existing(session)
         if uow is None:
             return
         self._unwatch(uow)
+        uow.preloaded.clear()
         if not uow.pending:
             return
+        if uow.context is None:
+            uow.context = current_context()
+        if uow.ordered:
+            self._write(session, uow)
+
+    def before_commit(self, session: Session) -> None:
+        """Write the transaction's history under the commit-order lock, just before COMMIT.
+
+        The session is flushed first, so the history covers every change; a flush that runs
+        after this (another ``before_commit`` listener changed objects) writes its own history
+        at once, as the transaction holds the lock by then.
+        """
+        if session.in_nested_transaction():
+            return  # a savepoint is released, not the transaction committed
+        session.flush()
+        uow = self._existing(session)
+        if uow is not None and uow.pending:
+            self.write_now(session, uow)
+
+    def write_now(self, session: Session, uow: UnitOfWork) -> None:
+        """Take the commit-order lock and write the history noted so far; from now on each
+        flush of the transaction writes its history at once."""
+        if not uow.ordered:
+            table = next(iter(uow.pending))
+            connection = session.connection(bind_arguments={"clause": table.parent_table})
+            take_commit_lock(connection, table.transaction_table)
+            uow.ordered = True
+        self._write(session, uow)
+
+    def _write(self, session: Session, uow: UnitOfWork) -> None:
+        """Write the noted changes: a few set-based statements per version table."""
         pending, uow.pending = uow.pending, {}
-        uow.preloaded.clear()
         plans = [_plan(uow, table, changes) for table, changes in pending.items()]
-        uow.transaction_id = self.writer.write(session, uow.transaction_id, plans)
+        context = uow.context if uow.context is not None else current_context()
+        uow.transaction_id = self.writer.write(session, uow.transaction_id, plans, context)
         if uow.rows == 0 and uow.transaction_id is not None:
             # Everything this transaction did cancelled out: leave no transaction row either.
             self.writer.delete_transaction(session, plans[0].table, uow.transaction_id)
@@ -392,11 +477,7 @@ class Recorder:
         if transaction.nested:
             begin_before_savepoint(session, transaction)
             uow = self.uow(session)
-            seen = {
-                table: {key: _KeyState(ks.existed_before, ks.has_row) for key, ks in keys.items()}
-                for table, keys in uow.seen.items()
-            }
-            uow.savepoints[transaction] = (uow.transaction_id, seen, uow.rows)
+            uow.savepoints[transaction] = uow.snapshot()
 
     def after_soft_rollback(
         self, session: Session, previous_transaction: SessionTransaction
@@ -405,12 +486,11 @@ class Recorder:
         uow = self._existing(session)
         if uow is None:
             return
-        uow.pending.clear()
         uow.preloaded.clear()
         self._unwatch(uow)
         snapshot = uow.savepoints.pop(previous_transaction, None)
         if previous_transaction.nested and snapshot is not None:
-            uow.transaction_id, uow.seen, uow.rows = snapshot
+            uow.restore(snapshot)
         elif previous_transaction.parent is None:
             self._drop(session)
 
@@ -418,6 +498,28 @@ class Recorder:
         """Drop all bookkeeping when the session's outermost transaction ends."""
         if transaction.parent is None:
             self._drop(session)
+
+
+def flush_history_sync(session: Session) -> None:
+    """Flush ``session`` and write its history now instead of at commit.
+
+    History is written when the transaction commits, so that transaction ids follow commit
+    order; until then queries in the writing transaction do not see its own versions. Call
+    this to read them before committing (a test, a check before commit). It takes the
+    commit-order lock, which the transaction then holds until it ends: other transactions'
+    commits that write history wait for it, so keep the rest of the transaction short. Each
+    later flush of the transaction writes its history at once.
+    """
+    session.flush()
+    states: dict[Recorder, UnitOfWork] = session.info.get(SESSION_INFO_KEY, {})
+    for recorder, uow in sorted(states.items(), key=lambda item: item[0].rank):
+        if uow.pending:
+            recorder.write_now(session, uow)
+
+
+async def flush_history(session: AsyncSession) -> None:
+    """:func:`flush_history_sync` for an ``AsyncSession``."""
+    await session.run_sync(flush_history_sync)
 
 
 def _stored_values(info: VersionInfo, state: InstanceState[Any]) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class VersioningManager:
         recorder = self._recorder
         self._listen(Session, "before_flush", recorder.before_flush)
         self._listen(Session, "after_flush", recorder.after_flush)
+        self._listen(Session, "before_commit", recorder.before_commit)
         self._listen(Session, "after_transaction_create", recorder.after_transaction_create)
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)

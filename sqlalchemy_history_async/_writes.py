@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from ._context import current_context
+from ._context import TransactionContext
 from ._info import TableVersioning, VersionInfo
 from ._schema import Operation, copy_late_types
 
@@ -112,20 +112,28 @@ class Writer:
         self._tables: dict[TableVersioning, tuple[int, TableStatements]] = {}
         self._combined: dict[Shape, sa.Select[Any]] = {}
 
-    def write(self, session: Session, transaction_id: int | None, plans: list[Plan]) -> int | None:
+    def write(
+        self,
+        session: Session,
+        transaction_id: int | None,
+        plans: list[Plan],
+        context: TransactionContext,
+    ) -> int | None:
         """Run ``plans`` in the session's transaction; return the transaction row's id.
 
-        The transaction row is inserted with the first version row (``transaction_id`` is
-        ``None`` until then).
+        The transaction row (recording ``context``) is inserted with the first version row
+        (``transaction_id`` is ``None`` until then).
         """
         first = plans[0].table
         connection = session.connection(bind_arguments={"clause": first.parent_table})
         if connection.dialect.name == "postgresql" and all(p.combinable for p in plans):
-            return self._write_combined(connection, transaction_id, plans)
+            return self._write_combined(connection, transaction_id, plans, context)
         for plan in plans:
             connection = session.connection(bind_arguments={"clause": plan.table.parent_table})
             if transaction_id is None and plan.writes:
-                transaction_id = insert_transaction(connection, plan.table.transaction_table)
+                transaction_id = insert_transaction(
+                    connection, plan.table.transaction_table, context
+                )
             self._write_one(connection, transaction_id, plan)
         return transaction_id
 
@@ -180,7 +188,11 @@ class Writer:
             connection.execute(statements.insert_deleted, plan.deleted)
 
     def _write_combined(
-        self, connection: Connection, transaction_id: int | None, plans: list[Plan]
+        self,
+        connection: Connection,
+        transaction_id: int | None,
+        plans: list[Plan],
+        context: TransactionContext,
     ) -> int | None:
         """Run every plan of a flush as ONE statement of chained data-modifying CTEs.
 
@@ -202,7 +214,7 @@ class Writer:
         if stmt is None:
             stmt = self._combined[shape] = _combined_statement(plans[0].table, shape)
         if new_transaction:
-            params.update({f"_t_{k}": v for k, v in transaction_values().items()})
+            params.update({f"_t_{k}": v for k, v in transaction_values(context).items()})
         else:
             params["_tx"] = transaction_id
         result = connection.execute(stmt, params)
@@ -265,7 +277,7 @@ def _combined_statement(first: TableVersioning, shape: Shape) -> sa.Select[Any]:
     if new_transaction:
         tx_cte = (
             sa.insert(transactions)
-            .values({k: sa.bindparam(f"_t_{k}") for k in transaction_values()})
+            .values({k: sa.bindparam(f"_t_{k}") for k in TRANSACTION_COLUMNS})
             .returning(transactions.c.id)
             .cte("history_transaction")
         )
@@ -297,9 +309,12 @@ def _keys_in(table: TableVersioning, t: sa.Table, keys: Any) -> sa.ColumnElement
     return target.in_(keys)
 
 
-def transaction_values() -> dict[str, Any]:
-    """The values of a new transaction row: now, and the context in force."""
-    ctx = current_context()
+#: The columns a new transaction row is given values for.
+TRANSACTION_COLUMNS = ("issued_at", "user_id", "remote_addr", "meta")
+
+
+def transaction_values(ctx: TransactionContext) -> dict[str, Any]:
+    """The values of a new transaction row: now, and the transaction's context."""
     return {
         "issued_at": datetime.now(timezone.utc),
         "user_id": ctx.user_id,
@@ -308,10 +323,12 @@ def transaction_values() -> dict[str, Any]:
     }
 
 
-def insert_transaction(connection: Connection, transactions: sa.Table) -> int:
-    """Insert a transaction row; return its id."""
+def insert_transaction(
+    connection: Connection, transactions: sa.Table, context: TransactionContext
+) -> int:
+    """Insert a transaction row recording ``context``; return its id."""
     # Values go as parameters, not .values(), so the compiled INSERT is cached and reused.
-    result = connection.execute(sa.insert(transactions), transaction_values())
+    result = connection.execute(sa.insert(transactions), transaction_values(context))
     pk = result.inserted_primary_key
     assert pk is not None
     return int(pk[0])

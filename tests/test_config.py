@@ -407,6 +407,7 @@ def test_tables_in_metadata_before_configure(bases: Bases) -> None:
             "note",
             "note_version",
             "transaction",
+            "transaction_lock",
         }
         assert [c["name"] for c in insp.get_columns("article_version")] == [
             "id",

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sqlalchemy_history_async"
 #: Bottom to top; a module may import modules of lower layers only (never its own layer).
 LAYERS: list[set[str]] = [
     {"_exceptions", "_schema", "_sqlite"},
-    {"_context", "_options"},
+    {"_context", "_options", "_order"},
     {"_info"},
     {"_revert", "_writes"},
     {"_models", "_capture"},

@@ -227,6 +227,14 @@ def test_transaction_table_name_taken(bases: Bases) -> None:
         define(Base, "Item", "item")
 
 
+def test_lock_table_name_taken(bases: Bases) -> None:
+    Base = bases()
+    sa.Table("audit_lock", Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
+    bases.manager(Base, transaction_table="audit")
+    with pytest.raises(ConfigurationError, match="already has a table 'audit_lock'"):
+        define(Base, "Item", "item")
+
+
 # --- turning versioning off and on again --------------------------------------------------------
 
 
