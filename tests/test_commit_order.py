@@ -539,3 +539,43 @@ async def test_a_transaction_that_writes_no_history_takes_no_lock(
         (await session.get_one(models.Item, 1)).value = "b"
         await session.commit()
     assert [s for s in statements.statements if "lock" in s.lower()] == []
+
+
+@pytest.mark.parametrize("db", [d for d in DATABASES if d == "postgresql"])
+async def test_repeatable_read_blind_reinsert_of_a_row_deleted_after_its_snapshot(
+    models: Orders, engine: AsyncEngine, db: str
+) -> None:
+    """The documented limit of REPEATABLE READ on PostgreSQL: a transaction whose snapshot
+    predates another's committed delete of a row, and that inserts that row again without
+    reading it, cannot close the version it cannot see. It fails with a serialization failure
+    (SQLSTATE 40001) at commit, nothing is recorded wrongly, and a retry succeeds."""
+    Item = models.Item
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as setup:
+        setup.add(Item(id=1, value="one"))
+        await setup.commit()
+    rr = async_sessionmaker(
+        engine.execution_options(isolation_level="REPEATABLE READ"), expire_on_commit=False
+    )
+    async with rr() as late:
+        await late.execute(sa.select(sa.literal(1)))  # takes the snapshot
+        async with factory() as deleter:
+            await deleter.delete(await deleter.get_one(Item, 1))
+            await deleter.commit()
+        late.add(Item(id=1, value="again"))
+        with pytest.raises(sa.exc.DBAPIError, match="could not serialize access"):
+            await late.commit()
+        await late.rollback()
+    async with rr() as retry:
+        retry.add(Item(id=1, value="again"))
+        await retry.commit()
+    async with factory() as reader:
+        V = runtime_version_class(Item)
+        rows = (
+            await reader.execute(sa.select(V.value, V.operation_type).order_by(V.transaction_id))
+        ).all()
+        assert [tuple(r) for r in rows] == [
+            ("one", Operation.INSERT),
+            ("one", Operation.DELETE),
+            ("again", Operation.INSERT),
+        ]
