@@ -93,7 +93,10 @@ async def isolated_engine(
     isolation: str = request.node.callspec.params["isolation"]
     kwargs: dict[str, Any] = {"isolation_level": isolation}
     if db == "sqlite":
-        kwargs = {"connect_args": {"timeout": 30}}
+        # A short busy timeout: two SQLite transactions that each wait for the other (a
+        # reader upgrading to a writer while another commits) give up quickly, as an
+        # application conflict, instead of stalling the run.
+        kwargs = {"connect_args": {"timeout": 2}}
     else:
         kwargs.update(pool_size=WORKERS + 4, max_overflow=4)
     engine = create_engine(async_url, **kwargs)
