@@ -342,16 +342,22 @@ async def test_history_and_feed_follow_commit_order_under_concurrency(
         assert outcome.history_errors == []
 
 
+async def _two_items(engine: AsyncEngine, Item: type[Any]) -> async_sessionmaker[AsyncSession]:
+    """Rows 1 and 2, committed; the session factory of the test."""
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as setup:
+        setup.add_all([Item(id=1, value="one"), Item(id=2, value="two")])
+        await setup.commit()
+    return factory
+
+
 @pytest.mark.parametrize("db", [d for d in DATABASES if d != "sqlite"])
 async def test_a_late_committer_gets_the_larger_id_and_reaches_the_feed(
     models: Orders, engine: AsyncEngine, db: str
 ) -> None:
     """A transaction that writes first and commits last comes after the one it overtook."""
     Item = models.Item
-    factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with factory() as setup:
-        setup.add_all([Item(id=1, value="one"), Item(id=2, value="two")])
-        await setup.commit()
+    factory = await _two_items(engine, Item)
     async with factory() as reader:
         last = max([c.transaction_id async for c in stream_changes(reader)])
 
@@ -382,10 +388,7 @@ async def test_sqlite_writers_commit_in_the_order_they_write(
 ) -> None:
     """On SQLite the database lock makes a second writer wait for the first one's commit."""
     Item = models.Item
-    factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with factory() as setup:
-        setup.add_all([Item(id=1, value="one"), Item(id=2, value="two")])
-        await setup.commit()
+    factory = await _two_items(engine, Item)
     order: list[str] = []
 
     async def second() -> None:

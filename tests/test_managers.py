@@ -219,19 +219,12 @@ def test_manager_options_are_frozen() -> None:
     assert manager.options.transaction_table == "audit"
 
 
-def test_transaction_table_name_taken(bases: Bases) -> None:
+@pytest.mark.parametrize("taken", ["audit", "audit_lock"])
+def test_transaction_or_lock_table_name_taken(bases: Bases, taken: str) -> None:
     Base = bases()
-    sa.Table("audit", Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(taken, Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
     bases.manager(Base, transaction_table="audit")
-    with pytest.raises(ConfigurationError, match="already has a table 'audit'"):
-        define(Base, "Item", "item")
-
-
-def test_lock_table_name_taken(bases: Bases) -> None:
-    Base = bases()
-    sa.Table("audit_lock", Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
-    bases.manager(Base, transaction_table="audit")
-    with pytest.raises(ConfigurationError, match="already has a table 'audit_lock'"):
+    with pytest.raises(ConfigurationError, match=f"already has a table '{taken}'"):
         define(Base, "Item", "item")
 
 
