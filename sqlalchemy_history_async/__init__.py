@@ -12,7 +12,13 @@ from ._context import (
     versioning_context,
     versioning_disabled,
 )
-from ._exceptions import ConfigurationError, NotVersionedError, RevertError, VersioningError
+from ._exceptions import (
+    ConfigurationError,
+    NotVersionedError,
+    RevertError,
+    UnrecordedWriteError,
+    VersioningError,
+)
 from ._feed import Change, select_changes, stream_changes, stream_changes_sync
 from ._manager import VersioningManager, make_versioned, remove_versioning
 from ._models import Transaction, Version, parent_class, transaction_class, version_class
@@ -44,6 +50,7 @@ __all__ = [
     "RevertError",
     "Transaction",
     "TransactionContext",
+    "UnrecordedWriteError",
     "Version",
     "VersioningError",
     "VersioningManager",

@@ -41,14 +41,21 @@ from sqlalchemy.orm import InstanceState, Mapper, Session, SessionTransaction, U
 from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, instance_state
 
 from ._context import TransactionContext, current_context, recording
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, UnrecordedWriteError
 from ._info import Catalog, TableVersioning, VersionInfo
 from ._order import take_commit_lock
 from ._schema import INFO_KEY, Operation
 from ._sqlite import begin_before_savepoint
 from ._writes import Key, Plan, Row, Step, Writer
 
-__all__ = ["SESSION_INFO_KEY", "Recorder", "UnitOfWork", "flush_history", "flush_history_sync"]
+__all__ = [
+    "SESSION_INFO_KEY",
+    "Recorder",
+    "UnitOfWork",
+    "flush_history",
+    "flush_history_sync",
+    "pend",
+]
 
 #: ``session.info[SESSION_INFO_KEY]`` maps each recorder to its :class:`UnitOfWork`.
 SESSION_INFO_KEY = INFO_KEY
@@ -74,7 +81,8 @@ _RANKS = itertools.count()
 _UNKNOWN = object()
 
 
-def _pend(pending: dict[Key, Pending], key: Key, op: Operation | None, row: Row | None) -> None:
+def pend(pending: dict[Key, Pending], key: Key, op: Operation | None, row: Row | None) -> None:
+    """Note a key's change: its first operation stays, the last one and its values replace."""
     earlier = pending.get(key)
     pending[key] = (op if earlier is None else earlier[0], op, row)
 
@@ -92,6 +100,8 @@ class _Snapshot:
     pending: Changes
     ordered: bool
     context: TransactionContext | None
+    bulk_touched: dict[TableVersioning, set[Key]]
+    unrecorded: str | None
 
 
 @dataclass
@@ -108,6 +118,11 @@ class UnitOfWork:
     ordered: bool = False
     # The context in force at the first flush that noted a change: the transaction row's.
     context: TransactionContext | None = None
+    # Keys changed by statements run through Session.execute() (``_bulk``): the objects in
+    # memory may not hold what the database does, so their values are read from the database.
+    bulk_touched: dict[TableVersioning, set[Key]] = field(default_factory=dict)
+    # Why a statement changed rows whose history could not be recorded: the commit refuses.
+    unrecorded: str | None = None
     # Connections whose association-table statements are being noted (during a flush), with
     # the before_execute listener put on each.
     watching: dict[Connection, Callable[..., None]] = field(default_factory=dict)
@@ -133,13 +148,28 @@ class UnitOfWork:
             for table, keys in self.seen.items()
         }
         pending = {table: dict(changes) for table, changes in self.pending.items()}
-        return _Snapshot(self.transaction_id, seen, self.rows, pending, self.ordered, self.context)
+        touched = {table: set(keys) for table, keys in self.bulk_touched.items()}
+        return _Snapshot(
+            self.transaction_id,
+            seen,
+            self.rows,
+            pending,
+            self.ordered,
+            self.context,
+            touched,
+            self.unrecorded,
+        )
 
     def restore(self, snapshot: _Snapshot) -> None:
         """Go back to ``snapshot``."""
         self.transaction_id, self.seen = snapshot.transaction_id, snapshot.seen
         self.rows, self.pending = snapshot.rows, snapshot.pending
         self.ordered, self.context = snapshot.ordered, snapshot.context
+        self.bulk_touched, self.unrecorded = snapshot.bulk_touched, snapshot.unrecorded
+
+    def touched_in_bulk(self, table: TableVersioning, key: Key) -> bool:
+        """Whether a statement run through ``Session.execute()`` changed the row."""
+        return key in self.bulk_touched.get(table, ())
 
 
 class Recorder:
@@ -244,6 +274,8 @@ class Recorder:
         existed = uow.existed_before(info.tables[0], key)
         if existed is False:
             return False  # inserted by this transaction
+        if uow.touched_in_bulk(info.tables[0], key):
+            return False  # the values in memory are not what the statement left
         committed = state.committed_state
         if any(a not in info.attr_set for a in committed.keys() & info.watched):
             return False  # a tracked relationship changed
@@ -281,9 +313,15 @@ class Recorder:
         assert key is not None
         session = state.session
         assert session is not None
+        uow = self.uow(session)
+        if uow.touched_in_bulk(info.tables[0], key):
+            # A statement changed the row since it was loaded: what memory holds is stale.
+            values = self.writer.load_values(connection, info, [key]).get(key, {})
+            self._note(info, state, key, Operation.DELETE, values)
+            return
         values = _stored_values(info, state)
         if len(values) < len(info.attrs):
-            loaded = self.uow(session).preloaded.get(info, {}).get(key)
+            loaded = uow.preloaded.get(info, {}).get(key)
             if loaded is None:
                 # Not seen by before_flush (e.g. a delete-orphan found during the flush).
                 loaded = self.writer.load_values(connection, info, [key]).get(key, {})
@@ -303,7 +341,7 @@ class Recorder:
         pending = self.uow(session).pending
         for table in info.tables:
             row = None if values is None else {c: values.get(a) for a, c in table.attrs.items()}
-            _pend(pending.setdefault(table, {}), key, op, row)
+            pend(pending.setdefault(table, {}), key, op, row)
 
     # --- association tables -------------------------------------------------------------------
 
@@ -348,7 +386,7 @@ class Recorder:
         pending = uow.pending.setdefault(table, {})
         if isinstance(statement, sa.Insert):
             for row in rows:
-                _pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
+                pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
             return
         # DELETE, or UPDATE of the key (the parent's primary key changed): the old link is gone
         prefix = "old_" if isinstance(statement, sa.Update) else ""
@@ -356,10 +394,10 @@ class Recorder:
         stored = self.writer.load_rows(connection, table, old_keys)
         for key in old_keys:
             values = stored.get(key) or dict(zip(table.key_columns, key, strict=True))
-            _pend(pending, key, Operation.DELETE, values)
+            pend(pending, key, Operation.DELETE, values)
         if prefix:
             for row in rows:
-                _pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
+                pend(pending, tuple(row[c] for c in table.key_columns), Operation.INSERT, None)
 
     # --- session events -----------------------------------------------------------------------
 
@@ -448,6 +486,8 @@ class Recorder:
             return  # a savepoint is released, not the transaction committed
         session.flush()
         uow = self._existing(session)
+        if uow is not None and uow.unrecorded is not None:
+            raise UnrecordedWriteError(f"{uow.unrecorded}; the transaction cannot be committed")
         if uow is not None and uow.pending:
             self.write_now(session, uow)
 
@@ -459,6 +499,10 @@ class Recorder:
             connection = session.connection(bind_arguments={"clause": table.parent_table})
             take_commit_lock(connection, table.transaction_table)
             uow.ordered = True
+        self._write(session, uow)
+
+    def write_pending(self, session: Session, uow: UnitOfWork) -> None:
+        """Write what was noted now (the transaction holds the commit-order lock already)."""
         self._write(session, uow)
 
     def _write(self, session: Session, uow: UnitOfWork) -> None:

@@ -64,7 +64,9 @@ def versioning_disabled() -> Iterator[None]:
 
     What is written inside leaves no version and no transaction row; other tasks and threads
     keep recording, and recording resumes when the block ends. The check happens when a
-    flush writes, so flush or commit inside the block. History then does not know those
+    flush writes (or a statement runs through ``session.execute()``), so flush or commit
+    inside the block; statements the library would refuse (``UnrecordedWriteError``) run
+    unrecorded here. History then does not know those
     writes: a row inserted inside has no ``INSERT`` version (its first recorded change is an
     ``UPDATE`` without a previous version), a row changed inside shows the change folded into
     its next recorded version, and a row deleted inside keeps its last version open, so

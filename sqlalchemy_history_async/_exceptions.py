@@ -5,7 +5,9 @@ Every error specific to the library derives from one base class::
     VersioningError
      ├── ConfigurationError      bad options, bad user class, wrong call order at configure time
      ├── NotVersionedError       a class that is not versioned (or not a version class) was given
-     └── RevertError             a version cannot be reverted in the given situation
+     ├── RevertError             a version cannot be reverted in the given situation
+     └── UnrecordedWriteError    a statement on a versioned table whose history cannot be
+                                 recorded (refused before it runs)
 
 Arguments of the wrong type or value given to the query builders raise the built-in
 ``TypeError`` / ``ValueError``, as Python functions do.
@@ -13,7 +15,13 @@ Arguments of the wrong type or value given to the query builders raise the built
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "NotVersionedError", "RevertError", "VersioningError"]
+__all__ = [
+    "ConfigurationError",
+    "NotVersionedError",
+    "RevertError",
+    "UnrecordedWriteError",
+    "VersioningError",
+]
 
 
 class VersioningError(Exception):
@@ -30,3 +38,13 @@ class NotVersionedError(VersioningError):
 
 class RevertError(VersioningError):
     """A version cannot be reverted, e.g. because it is not attached to a session."""
+
+
+class UnrecordedWriteError(VersioningError):
+    """A statement on a versioned table whose history the library cannot record.
+
+    Raised before the statement runs wherever that can be known, so nothing is written
+    without history; when only the statement's result shows it (rows added concurrently), the
+    transaction's commit is refused as well. The message names the table and the way to make
+    the change recordable.
+    """

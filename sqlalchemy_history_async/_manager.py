@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Mapper, Session
 
 from ._build import Builder
+from ._bulk import BulkRecorder
 from ._capture import Recorder
 from ._exceptions import ConfigurationError
 from ._info import Catalog, VersionInfo, set_default_catalog
@@ -58,6 +59,7 @@ class VersioningManager:
         self.catalog = Catalog()
         self._writer = Writer()
         self._recorder = Recorder(self._writer, self.catalog)
+        self._bulk = BulkRecorder(self._recorder, self.catalog)
         self._builder = Builder(self.options, self.catalog, self._listen_model)
         self._registry: sa.orm.registry | None = None
         self._installed = False
@@ -110,6 +112,7 @@ class VersioningManager:
         self._listen(Session, "after_transaction_create", recorder.after_transaction_create)
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)
+        self._listen(Session, "do_orm_execute", self._bulk.do_orm_execute)
         self.catalog.infos[:] = [info for info in self.catalog.infos if info.live]
         for info in self.catalog.infos:
             self._listen_model(info)

@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"_info"},
     {"_revert", "_writes"},
     {"_models", "_capture"},
-    {"_relationships", "_queries"},
+    {"_bulk", "_relationships", "_queries"},
     {"_build", "_feed"},
     {"_manager"},
     {"__init__"},

@@ -473,15 +473,16 @@ def test_changed_back_across_flushes_sync(base: type[DeclarativeBase], tmp_path:
         engine.dispose()
 
 
-# --- the documented limit: statements outside the unit of work ----------------------------------
+# --- the documented limit: statements that bypass Session.execute() ----------------------------
 
 
-async def test_bulk_and_core_writes_are_not_recorded_yet(
+async def test_connection_and_textual_writes_are_not_recorded_yet(
     base: type[DeclarativeBase], engine: AsyncEngine
 ) -> None:
-    """ORM bulk and Core DML bypass the unit of work and record nothing (README, usage.md).
+    """Statements sent on the session's connection and textual SQL record nothing (README,
+    usage.md "Known limitations"); statements through ``session.execute()`` are recorded.
 
-    Pins the documented limit: when they are captured, this test changes with the docs.
+    Pins the documented limit: when these are captured, this test changes with the docs.
     """
     Item = define_item(base)
     V = runtime_version_class(Item)
@@ -489,8 +490,10 @@ async def test_bulk_and_core_writes_are_not_recorded_yet(
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
         session.add(Item(id=1, val=1, note="orm"))
         await session.commit()
-        await session.execute(sa.update(Item).where(Item.id == 1).values(val=2))
+        connection = await session.connection()
+        await connection.execute(sa.update(Item.__table__).where(Item.id == 1).values(val=2))
+        await session.execute(sa.text(f"UPDATE {Item.__tablename__} SET val = 3"))
         await session.execute(sa.insert(Item.__table__).values(id=2, val=1, note="core"))
         await session.commit()
-        rows = (await session.execute(sa.select(V.id, V.val, V.operation_type))).all()
-        assert [tuple(r) for r in rows] == [(1, 1, Operation.INSERT)]
+        rows = await session.execute(sa.select(V.id, V.val, V.operation_type).order_by(V.id))
+        assert [tuple(r) for r in rows] == [(1, 1, Operation.INSERT), (2, 1, Operation.INSERT)]
