@@ -29,6 +29,7 @@ TITLES = {
     "W3": "W3 reads: a row's whole history with changesets; current and as-of lookups",
     "W4": "W4 big identity map: single-row commits with many objects loaded in the session",
     "W5": "W5 growth: does a commit cost more once history has grown?",
+    "W6": "W6 bulk statements: one ORM bulk INSERT of 10,000 rows, one UPDATE of all of them",
 }
 DB_NAMES = {"sqlite": "SQLite (aiosqlite)", "postgresql": "PostgreSQL (asyncpg)"}
 
@@ -246,6 +247,13 @@ COLUMNS: dict[str, list[Column]] = {
         ("ms/commit", _m("per_commit_ms", lambda v: _n(v, 2))),
         ("W2 ms/commit", lambda e: _n(e.get("w2_per_commit_ms"), 2)),
         ("W4÷W2", lambda e: _x(e.get("w4_over_w2"))),
+        *COMMON_TAIL,
+    ],
+    "W6": [
+        ("median s", _m("seconds")),
+        ("× plain", lambda e: _x(e.get("ratio"))),
+        ("insert s", _m("insert_seconds")),
+        ("update s", _m("update_seconds")),
         *COMMON_TAIL,
     ],
     "W5": [
@@ -508,6 +516,9 @@ def markdown(summary: dict[str, Any], png_name: str) -> str:
         "| W5 | 10,000 commits of one row each, a session per commit (odd commits insert, even "
         "ones update a random row). Statements and time per commit over commits 1–50 (`first`) "
         "and 4,951–5,000 (`mid`); RSS after commits 5,000 and 10,000. |",
+        "| W6 | `session.execute(insert(Article), rows)` of 10,000 rows in one commit, then "
+        "`session.execute(update(Article).values(counter=Article.counter + 1))` in another. A "
+        "mode that records no history for these statements fails the workload. |",
         "",
         "## Machine and versions",
         "",

@@ -50,6 +50,7 @@ SCALES: dict[str, dict[str, int]] = {
         "w5_commits": 10_000,
         "w5_window": 50,
         "w5_mid": 5000,
+        "w6_rows": 10_000,
     },
     "quick": {
         "w1_rows": 200,
@@ -66,6 +67,7 @@ SCALES: dict[str, dict[str, int]] = {
         "w5_commits": 1000,
         "w5_window": 50,
         "w5_mid": 500,
+        "w6_rows": 1000,
     },
 }
 
@@ -711,6 +713,45 @@ async def w5(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+# --- W6: bulk statements ------------------------------------------------------------------
+
+
+async def w6(ctx: Ctx) -> dict[str, Any]:
+    """One ORM bulk INSERT of ``w6_rows`` rows, then one ``update().values()`` of all of them.
+
+    A mode that records nothing for these statements fails (its history would be silently
+    missing): the result says so instead of reporting a time.
+    """
+    n = ctx.scale["w6_rows"]
+    Article = ctx.mode.Article
+    rows = [{"title": f"article {i}", "body": BODY, "counter": 0} for i in range(n)]
+    async with ctx.Session() as session:
+        with measured(ctx) as total:
+            with measured(ctx) as inserts:
+                await session.execute(sa.insert(Article), rows)
+                await session.commit()
+            with measured(ctx) as updates:
+                await session.execute(sa.update(Article).values(counter=Article.counter + 1))
+                await session.commit()
+        ids = (await session.scalars(sa.select(Article.id))).all()
+    await verify(
+        ctx,
+        rows=n,
+        versions=history_count(ctx, 2 * n),
+        transactions=history_count(ctx, 2),
+        counters=dict.fromkeys(ids, 1),
+    )
+    return {
+        "seconds": total.seconds,
+        "statements": total.statements,
+        "insert_seconds": inserts.seconds,
+        "update_seconds": updates.seconds,
+        "insert_statements": inserts.statements,
+        "update_statements": updates.statements,
+        "commits": 2,
+    }
+
+
 WORKLOADS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "W1": w1,
     "W2": w2,
@@ -718,6 +759,7 @@ WORKLOADS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "W3": w3,
     "W4": w4,
     "W5": w5,
+    "W6": w6,
 }
 #: workloads that only make sense on some databases
 ONLY_ON: dict[str, set[str]] = {"W2c": {"postgresql"}}
