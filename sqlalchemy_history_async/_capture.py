@@ -6,7 +6,9 @@ Mapper events (``after_insert``, ``after_update``, ``before_delete``) fire for e
 the ORM writes — never a scan of the identity map — and only note the row's key in the
 session's :class:`UnitOfWork`. Many-to-many links are noted from the statements the flush runs
 on the association tables (the ``before_execute`` event while the session flushes): exactly
-the links the database gains and loses, whatever the state of the collections in memory.
+the links the database gains and loses, whatever the state of the collections in memory. Statements
+run through ``Session.execute()`` (ORM bulk and Core DML) are noted into the same
+:class:`UnitOfWork` by :mod:`._bulk`.
 What the flushes noted accumulates until the transaction commits: ``before_commit`` flushes
 the session, takes the commit-order lock (:mod:`._order`) and hands the plans to the
 :class:`~._writes.Writer`, which writes, per version table, a handful of set-based statements
