@@ -20,6 +20,7 @@ before anything is written, so a write never silently goes without history.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,13 @@ from ._schema import Operation
 from ._writes import CHUNK, Key, Row
 
 __all__ = ["BulkRecorder"]
+
+#: The table an INSERT, UPDATE, DELETE (or MERGE / REPLACE) statement in SQL text writes to.
+_TEXTUAL_WRITE = re.compile(
+    r"\b(?:insert\s+(?:ignore\s+)?into|replace\s+into|merge\s+into|update|delete\s+from)"
+    r"\s+(?:only\s+)?(?:[`\"\[]?\w+[`\"\]]?\.)?[`\"\[]?(?P<table>\w+)",
+    re.IGNORECASE,
+)
 
 #: Above this many bound key values the statement is not restricted to the keys found (every
 #: driver's parameter limit stays out of reach); the row count check still applies.
@@ -53,13 +61,18 @@ class _Target:
 class BulkRecorder:
     """The ``do_orm_execute`` listener of one manager: records DML run through a session."""
 
-    def __init__(self, recorder: Recorder, catalog: Catalog) -> None:
+    def __init__(self, recorder: Recorder, catalog: Catalog, *, strict: bool = False) -> None:
         self._recorder = recorder
         self._catalog = catalog
+        self._strict = strict
         self._targets: dict[sa.Table, _Target] = {}
         self._built_for: tuple[int, int] = (-1, -1)
 
     def _target(self, table: Any) -> _Target | None:
+        return self._refreshed().get(table)
+
+    def _refreshed(self) -> dict[sa.Table, _Target]:
+        """The versioned tables by parent table, rebuilt when the catalog has grown."""
         catalog = self._catalog
         size = (len(catalog.infos), len(catalog.associations))
         if size != self._built_for:
@@ -72,11 +85,13 @@ class BulkRecorder:
             for t in catalog.associations.values():
                 targets[t.parent_table] = _Target(t, False)
             self._targets, self._built_for = targets, size
-        return self._targets.get(table)
+        return self._targets
 
     def do_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
         """Record an INSERT, UPDATE or DELETE on a versioned table (``None``: not ours)."""
         if not (state.is_insert or state.is_update or state.is_delete):
+            if self._strict and isinstance(state.statement, sa.TextClause) and recording():
+                self._refuse_textual_write(state.statement.text)
             return None
         stmt: Any = state.statement
         target = self._target(_plain_table(stmt))
@@ -101,6 +116,23 @@ class BulkRecorder:
             if uow.ordered:
                 self._recorder.write_pending(session, uow)
         return result
+
+    def _refuse_textual_write(self, sql: str) -> None:
+        """``strict``: refuse textual SQL whose INSERT / UPDATE / DELETE names a versioned
+        table (a cheap look at the text: it cannot see through functions or dynamic SQL)."""
+        lowered = sql.lower()
+        names = {t.name.lower() for t in self._refreshed() if t.name.lower() in lowered}
+        if not names:
+            return
+        for match in _TEXTUAL_WRITE.finditer(sql):
+            table = match.group("table").lower()
+            if table in names:
+                raise UnrecordedWriteError(
+                    f"textual SQL writes to the versioned table {table!r} "
+                    f"({match.group(0).strip()!r} ...), which cannot be recorded; use "
+                    "insert() / update() / delete() through session.execute(), or run it inside "
+                    "versioning_disabled() if it needs no history (strict=True)"
+                )
 
     # --- UPDATE and DELETE --------------------------------------------------------------------
 

@@ -49,17 +49,19 @@ class VersioningManager:
         user_id_type: sa.types.TypeEngine[Any] | None = None,
         transaction_table: str = TRANSACTION_TABLE_NAME,
         transaction_schema: str | None = None,
+        strict: bool = False,
     ) -> None:
         self.options = ManagerOptions(
             user_cls=user_cls,
             user_id_type=user_id_type,
             transaction_table=transaction_table,
             transaction_schema=transaction_schema,
+            strict=strict,
         )
         self.catalog = Catalog()
         self._writer = Writer()
         self._recorder = Recorder(self._writer, self.catalog)
-        self._bulk = BulkRecorder(self._recorder, self.catalog)
+        self._bulk = BulkRecorder(self._recorder, self.catalog, strict=strict)
         self._builder = Builder(self.options, self.catalog, self._listen_model)
         self._registry: sa.orm.registry | None = None
         self._installed = False
@@ -259,13 +261,16 @@ def make_versioned(
     user_id_type: sa.types.TypeEngine[Any] | None = None,
     transaction_table: str = TRANSACTION_TABLE_NAME,
     transaction_schema: str | None = None,
+    strict: bool = False,
 ) -> VersioningManager:
     """Turn versioning on for models that declare ``__versioned__``; call before defining them.
 
     ``user_cls`` (a mapped class or its name) makes ``transaction.user_id`` a foreign key to its
     primary key. Without it, ``user_id`` is a nullable column of ``user_id_type`` (default: a
-    ``String(255)`` that stores any id as text). After :func:`remove_versioning`, calling it
-    again with the same options records history again for the models versioned before.
+    ``String(255)`` that stores any id as text). ``strict=True`` refuses textual SQL that
+    writes to a versioned table through ``session.execute()`` (see :class:`ManagerOptions`).
+    After :func:`remove_versioning`, calling it again with the same options records history
+    again for the models versioned before.
     """
     previous = _Default.manager
     if previous is not None and previous.active:
@@ -277,6 +282,7 @@ def make_versioned(
         user_id_type=user_id_type,
         transaction_table=transaction_table,
         transaction_schema=transaction_schema,
+        strict=strict,
     )
     if previous is not None:
         manager.adopt(previous)

@@ -38,13 +38,16 @@ class ManagerOptions:
     foreign key to its primary key; without it, ``user_id`` is a nullable column of
     ``user_id_type`` (default: a ``String(255)`` that stores any id as text).
     ``transaction_table`` names the manager's transaction table, ``transaction_schema`` its
-    schema (default: the MetaData's default schema).
+    schema (default: the MetaData's default schema). ``strict`` refuses textual SQL
+    (``text()``) run through ``session.execute()`` that writes to a versioned table, which
+    would otherwise go unrecorded.
     """
 
     user_cls: UserClass = None
     user_id_type: sa.types.TypeEngine[Any] | None = None
     transaction_table: str = TRANSACTION_TABLE_NAME
     transaction_schema: str | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         user_cls, user_id_type = self.user_cls, self.user_id_type
@@ -61,6 +64,10 @@ class ManagerOptions:
             raise ConfigurationError(
                 "make_versioned(user_id_type=...) takes a SQLAlchemy type instance such as "
                 f"sa.Integer(), got {user_id_type!r}"
+            )
+        if not isinstance(self.strict, bool):
+            raise ConfigurationError(
+                f"make_versioned(strict=...) takes True or False, got {self.strict!r}"
             )
         for option in ("transaction_table", "transaction_schema"):
             value = getattr(self, option)

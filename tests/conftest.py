@@ -114,6 +114,7 @@ class ManagerKeywords(TypedDict, total=False):
     user_id_type: sa.types.TypeEngine[Any] | None
     transaction_table: str
     transaction_schema: str | None
+    strict: bool
 
 
 @contextmanager
