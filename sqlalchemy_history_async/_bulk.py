@@ -13,6 +13,8 @@ the unit of work (one version per key per transaction, holding the final state):
   tracked values did not change records nothing. A DELETE records the values read before it.
 - INSERT: the keys come from the parameters, or from ``RETURNING`` when the database assigns
   them.
+- Upsert on the primary key: the rows that exist are read (and locked) before it, every row
+  after it; new rows record an INSERT, changed rows an UPDATE.
 
 What cannot be recorded this way is refused with :class:`~._exceptions.UnrecordedWriteError`
 before anything is written, so a write never silently goes without history.
@@ -234,12 +236,11 @@ class BulkRecorder:
             return
         connection = session.connection(bind_arguments={"clause": table.parent_table})
         after = self._recorder.writer.load_rows(connection, table, keys)
-        types = {c: table.parent_table.c[c].type for c in table.attrs.values()}
         for key, old in before.items():
             new = after.get(key)
             if new is None:
                 continue  # not there any more (cannot happen: the row is locked)
-            if any(not types[c].compare_values(v, new.get(c)) for c, v in old.items()):
+            if _differs(table, old, new):
                 pend(pending, key, Operation.UPDATE, None)
 
     # --- INSERT -------------------------------------------------------------------------------
@@ -250,12 +251,9 @@ class BulkRecorder:
         stmt: Any = state.statement
         name = table.parent_table.name
         verb = _verb(state)
-        if getattr(stmt, "_post_values_clause", None) is not None:
-            raise UnrecordedWriteError(
-                f"an upsert (INSERT ... ON CONFLICT / ON DUPLICATE KEY) on {name!r} cannot be "
-                "recorded yet; load the rows and change them through the unit of work, or write "
-                "them inside versioning_disabled() if they need no history"
-            )
+        upsert = getattr(stmt, "_post_values_clause", None)
+        if upsert is not None:
+            return self._upsert(state, table, uow, upsert)
         if getattr(stmt, "select", None) is not None:
             raise UnrecordedWriteError(
                 f"INSERT ... FROM SELECT on {name!r} cannot be recorded yet; insert the rows "
@@ -287,6 +285,50 @@ class BulkRecorder:
         pending = uow.pending.setdefault(table, {})
         for key in keys:
             pend(pending, key, Operation.INSERT, None)
+        return result
+
+    def _upsert(
+        self, state: ORMExecuteState, table: TableVersioning, uow: UnitOfWork, clause: Any
+    ) -> Result[Any]:
+        """INSERT ... ON CONFLICT / ON DUPLICATE KEY on the primary key: the rows that existed
+        are read (and locked) before, every row after; new rows record an INSERT, changed ones
+        an UPDATE, untouched ones nothing."""
+        stmt: Any = state.statement
+        pt = table.parent_table
+        verb = "an upsert (INSERT ... ON CONFLICT / ON DUPLICATE KEY)"
+        if not _conflicts_on_key_only(clause, pt):
+            raise UnrecordedWriteError(
+                f"{verb} on {pt.name!r} cannot be recorded: it may change a row found through "
+                "another unique constraint than the primary key, whose key the statement does "
+                "not name; make the primary key the conflict target (index_elements=[...]), "
+                "or load the rows and change them through the unit of work"
+            )
+        params: Any = state.parameters
+        rows: list[Any] = [params] if isinstance(params, Mapping) else list(params or ())
+        if _has_inline_values(stmt):
+            rows = [] if rows else _inline_rows(stmt)
+        entity = _entity(stmt)
+        keys = [_key_from_params(r, table, entity, verb, required=False) for r in rows]
+        if not rows or any(k is None for k in keys):
+            raise UnrecordedWriteError(
+                f"{verb} on {pt.name!r} can be recorded only with the primary key in every "
+                "parameter set (session.execute(stmt, [{...}, ...])), so the rows it touches "
+                "are known"
+            )
+        session = state.session
+        before = self._lock_rows(session, table, None, keys, None)
+        result = state.invoke_statement()
+        connection = session.connection(bind_arguments={"clause": pt})
+        after = self._recorder.writer.load_rows(connection, table, keys)
+        pending = uow.pending.setdefault(table, {})
+        touched = uow.bulk_touched.setdefault(table, set())
+        for key, new in after.items():
+            old = before.get(key)
+            if old is None:
+                pend(pending, key, Operation.INSERT, None)
+            elif _differs(table, old, new):
+                touched.add(key)
+                pend(pending, key, Operation.UPDATE, None)
         return result
 
     def _insert_returning_keys(
@@ -335,6 +377,43 @@ class BulkRecorder:
         if user_columns:
             return replay.columns(*range(user_columns)), keys
         return replay, keys
+
+
+def _differs(table: TableVersioning, old: Row, new: Row) -> bool:
+    """Whether a tracked value of the row changed."""
+    columns = table.parent_table.c
+    return any(not columns[c].type.compare_values(v, new.get(c)) for c, v in old.items())
+
+
+def _conflicts_on_key_only(clause: Any, table: sa.Table) -> bool:
+    """Whether an upsert's conflict handling can only ever meet the row its primary key names:
+    its target is the primary key, or (no target: any unique key) the table has no unique
+    constraint or index but the primary key. DO NOTHING changes no existing row at all."""
+    clauses = list(getattr(clause, "clauses", None) or [clause])
+    key = {c.name for c in table.primary_key.columns}
+    for each in clauses:
+        if type(each).__name__ == "OnConflictDoNothing":
+            continue
+        target = getattr(each, "inferred_target_elements", None)
+        constraint = getattr(each, "constraint_target", None)
+        if target:
+            names = {getattr(c, "name", c) for c in target}
+            if names != key:
+                return False
+        elif constraint is not None:
+            if constraint != table.primary_key.name:
+                return False
+        elif _other_unique_keys(table):
+            return False
+    return True
+
+
+def _other_unique_keys(table: sa.Table) -> bool:
+    if any(c.unique for c in table.columns):
+        return True
+    if any(isinstance(c, sa.UniqueConstraint) for c in table.constraints):
+        return True
+    return any(index.unique for index in table.indexes)
 
 
 def _plain_table(stmt: Any) -> Any:
@@ -446,6 +525,23 @@ def _check_count(result: Any, expected: int, verb: str, name: str, uow: UnitOfWo
             "ran (rows were added concurrently), so the history of some cannot be recorded"
         )
         raise UnrecordedWriteError(f"{uow.unrecorded}: roll the transaction back and retry")
+
+
+def _inline_rows(stmt: Any) -> list[dict[str, Any]]:
+    """The rows of ``insert().values(...)`` by column key, as far as they are plain values."""
+    given = [stmt._values] if stmt._values else list(stmt._multi_values[0])
+    rows = []
+    for values in given:
+        row = {}
+        for column, value in values.items():
+            name = column if isinstance(column, str) else column.key
+            if isinstance(value, sa.BindParameter):
+                value = value.value
+            elif isinstance(value, sa.ClauseElement):
+                value = None  # an SQL expression: not known before the statement runs
+            row[name] = value
+        rows.append(row)
+    return rows
 
 
 def _has_inline_values(stmt: Any) -> bool:

@@ -7,18 +7,20 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, registry
 
 from sqlalchemy_history_async import (
     ConfigurationError,
     Operation,
+    UnrecordedWriteError,
     VersioningManager,
     make_versioned,
     remove_versioning,
     select_changes,
     transaction_class,
     versioning_context,
+    versioning_disabled,
 )
 
 from .conftest import Bases, Run, reset_schema
@@ -325,3 +327,40 @@ async def test_model_defined_before_versioning_fails_the_flush(
         assert "before make_versioned()" in str(exc.value)
 
     await run(behaviour)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "default"])
+async def test_strict_manager_refuses_textual_writes_to_versioned_tables(
+    bases: Bases, async_url: str, strict: bool
+) -> None:
+    Base = bases()
+    manager = bases.manager(Base, transaction_table="strict_transaction", strict=strict)
+    Note = define_model(Base, "StrictNote", "strict_note")
+    sa.orm.configure_mappers()
+    engine = create_async_engine(async_url)
+    await reset_schema(engine, Base.metadata)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            session.add(Note(id=1, title="a"))
+            await session.commit()
+            write = sa.text("UPDATE strict_note SET title = 'b' WHERE id = 1")
+            if strict:
+                with pytest.raises(UnrecordedWriteError, match=r"'strict_note'.*strict=True"):
+                    await session.execute(write)
+                with versioning_disabled():
+                    await session.execute(write)
+            else:
+                await session.execute(write)
+            # reads, and writes to tables that are not versioned, are left alone
+            await session.execute(sa.text("SELECT title FROM strict_note"))
+            await session.execute(sa.text("UPDATE strict_transaction SET meta = NULL WHERE 1 = 0"))
+            await session.commit()
+            assert await session.scalar(sa.select(Note.title)) == "b"
+        assert manager.options.strict is strict
+    finally:
+        await engine.dispose()
+
+
+def test_strict_takes_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match=r"strict=\.\.\.\) takes True or False, got 'yes'"):
+        VersioningManager(strict="yes")  # type: ignore[arg-type]
