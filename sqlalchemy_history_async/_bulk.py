@@ -175,7 +175,7 @@ class BulkRecorder:
                 restricted = stmt.where(_keys_in(table, entity, list(before)))
             result = state.invoke_statement(statement=restricted)
             _check_count(result, len(before), verb, name, uow)
-        self._note_changes(session, uow, table, before, deleted=state.is_delete)
+        self._note_changes(session, uow, table, before, result, deleted=state.is_delete)
         return result
 
     def _lock_rows(
@@ -212,7 +212,9 @@ class BulkRecorder:
                     if dialect == "postgresql"
                     else (select.with_for_update())
                 )
-            for row in session.execute(select, bound).mappings():
+            # On the connection, not session.execute(): the session's own do_orm_execute hooks
+            # (criteria added to every query) are for the application's queries.
+            for row in connection.execute(select, bound).mappings():
                 values = {c.key: row[c] for c in columns}
                 found[tuple(values[c] for c in table.key_columns)] = values
         return found
@@ -223,6 +225,7 @@ class BulkRecorder:
         uow: UnitOfWork,
         table: TableVersioning,
         before: dict[Key, Row],
+        result: Any,
         deleted: bool,
     ) -> None:
         if not before:
@@ -230,11 +233,17 @@ class BulkRecorder:
         pending = uow.pending.setdefault(table, {})
         keys = list(before)
         uow.bulk_touched.setdefault(table, set()).update(keys)
-        if deleted:
-            for key, row in before.items():
-                pend(pending, key, Operation.DELETE, row)
-            return
         connection = session.connection(bind_arguments={"clause": table.parent_table})
+        if deleted:
+            remaining: dict[Key, Row] = {}
+            if getattr(result, "rowcount", -1) != len(before):
+                # The statement deleted fewer rows than the SELECT found (criteria the ORM or
+                # a session hook added to it): only the rows that are gone record a DELETE.
+                remaining = self._recorder.writer.load_rows(connection, table, keys)
+            for key, row in before.items():
+                if key not in remaining:
+                    pend(pending, key, Operation.DELETE, row)
+            return
         after = self._recorder.writer.load_rows(connection, table, keys)
         for key, old in before.items():
             new = after.get(key)

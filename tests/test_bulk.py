@@ -574,3 +574,26 @@ async def test_upsert_on_the_primary_key_records_new_and_changed_rows(
         assert session.get(A, 3).title == "t3"  # type: ignore[union-attr]
 
     await run(behaviour)
+
+
+async def test_criteria_a_session_hook_adds_to_a_delete_are_respected(
+    models: Bulk, run: Run
+) -> None:
+    A = models.Article
+
+    def keep_t2(state: Any) -> None:
+        if state.is_delete:
+            state.statement = state.statement.options(
+                sa.orm.with_loader_criteria(A, A.title != "t2")
+            )
+
+    def behaviour(session: Session) -> None:
+        seed(session, models)
+        sa.event.listen(session, "do_orm_execute", keep_t2)
+        result: Any = session.execute(sa.delete(A).where(A.id >= 2))
+        assert result.rowcount == 1
+        session.commit()
+        assert session.get(A, 2) is not None
+        assert after_seed(session, models) == [(3, "t3", "b3", D, True)]
+
+    await run(behaviour)
