@@ -236,6 +236,21 @@ def history_count(ctx: Ctx, n: int) -> int | None:
     return n if ctx.mode.versioned else None
 
 
+def _inserts_then_updates(
+    total: Span, inserts: Span, updates: Span, commits: int
+) -> dict[str, Any]:
+    """The figures of a workload that inserts rows, then updates them."""
+    return {
+        "seconds": total.seconds,
+        "statements": total.statements,
+        "insert_seconds": inserts.seconds,
+        "update_seconds": updates.seconds,
+        "insert_statements": inserts.statements,
+        "update_statements": updates.statements,
+        "commits": commits,
+    }
+
+
 # --- W1: batch ----------------------------------------------------------------------------
 
 
@@ -265,15 +280,7 @@ async def w1(ctx: Ctx) -> dict[str, Any]:
         transactions=history_count(ctx, commits),
         counters=counters,
     )
-    return {
-        "seconds": total.seconds,
-        "statements": total.statements,
-        "insert_seconds": inserts.seconds,
-        "update_seconds": updates.seconds,
-        "insert_statements": inserts.statements,
-        "update_statements": updates.statements,
-        "commits": commits,
-    }
+    return _inserts_then_updates(total, inserts, updates, commits)
 
 
 # --- W2: web ------------------------------------------------------------------------------
@@ -741,15 +748,7 @@ async def w6(ctx: Ctx) -> dict[str, Any]:
         transactions=history_count(ctx, 2),
         counters=dict.fromkeys(ids, 1),
     )
-    return {
-        "seconds": total.seconds,
-        "statements": total.statements,
-        "insert_seconds": inserts.seconds,
-        "update_seconds": updates.seconds,
-        "insert_statements": inserts.statements,
-        "update_statements": updates.statements,
-        "commits": 2,
-    }
+    return _inserts_then_updates(total, inserts, updates, 2)
 
 
 WORKLOADS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {

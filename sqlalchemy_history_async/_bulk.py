@@ -31,11 +31,11 @@ from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from ._capture import Recorder, UnitOfWork, pend
-from ._context import current_context, recording
+from ._context import recording
 from ._exceptions import UnrecordedWriteError
 from ._info import Catalog, TableVersioning
 from ._schema import Operation
-from ._writes import CHUNK, Key, Row
+from ._writes import Key, Row, for_update
 
 __all__ = ["BulkRecorder"]
 
@@ -112,11 +112,7 @@ class BulkRecorder:
             result = self._insert(state, target.table, uow)
         else:
             result = self._update_or_delete(state, target.table, uow)
-        if uow.pending:
-            if uow.context is None:
-                uow.context = current_context()
-            if uow.ordered:
-                self._recorder.write_pending(session, uow)
+        self._recorder.keep(session, uow)
         return result
 
     def _refuse_textual_write(self, sql: str) -> None:
@@ -165,11 +161,12 @@ class BulkRecorder:
                     "be recorded; run one statement per parameter set, or use the ORM's bulk "
                     "UPDATE by primary key (update(Model) with dictionaries holding the key)"
                 )
-            keys = [_key_from_params(row, table, entity, verb) for row in params]
-            before = self._lock_rows(session, table, None, keys, None)
+            keys = _keys_from_params(params, table, entity, verb)
+            assert keys is not None
+            before = self._lock_keys(session, table, keys)
             result = state.invoke_statement()
         else:
-            before = self._lock_rows(session, table, stmt, None, params)
+            before = self._lock_rows(session, table, stmt, params)
             restricted = stmt
             if before and _restrictable(session, table, len(before)):
                 restricted = stmt.where(_keys_in(table, entity, list(before)))
@@ -179,45 +176,34 @@ class BulkRecorder:
         return result
 
     def _lock_rows(
-        self,
-        session: Session,
-        table: TableVersioning,
-        stmt: Any,
-        keys: list[Key] | None,
-        params: Any,
+        self, session: Session, table: TableVersioning, stmt: Any, params: Any
     ) -> dict[Key, Row]:
-        """The rows the statement will change, with their tracked values (locked where the
-        database can lock rows)."""
+        """The rows an UPDATE / DELETE's WHERE matches, with their tracked values, locked
+        where the database can lock rows."""
         pt = table.parent_table
         columns = [pt.c[c] for c in table.attrs.values()]
         connection = session.connection(bind_arguments={"clause": pt})
-        dialect = connection.dialect.name
+        select = sa.select(*columns)
+        entity = _entity(stmt)
+        if entity is not None:
+            select = select.select_from(entity)  # the ORM adds single-table criteria
+        if stmt.whereclause is not None:
+            select = select.where(stmt.whereclause)
         found: dict[Key, Row] = {}
-        if keys is not None:
-            chunks = [keys[i : i + CHUNK] for i in range(0, len(keys), CHUNK)]
-            selects = [sa.select(*columns).where(_keys_in(table, None, chunk)) for chunk in chunks]
-            bound: Any = None
-        else:
-            select = sa.select(*columns)
-            entity = _entity(stmt)
-            if entity is not None:
-                select = select.select_from(entity)  # the ORM adds single-table criteria
-            if stmt.whereclause is not None:
-                select = select.where(stmt.whereclause)
-            selects, bound = [select], params or None
-        for select in selects:
-            if dialect != "sqlite":
-                select = (
-                    select.with_for_update(of=pt)
-                    if dialect == "postgresql"
-                    else (select.with_for_update())
-                )
-            # On the connection, not session.execute(): the session's own do_orm_execute hooks
-            # (criteria added to every query) are for the application's queries.
-            for row in connection.execute(select, bound).mappings():
-                values = {c.key: row[c] for c in columns}
-                found[tuple(values[c] for c in table.key_columns)] = values
+        # On the connection, not session.execute(): the session's own do_orm_execute hooks
+        # (criteria added to every query) are for the application's queries.
+        rows = connection.execute(for_update(select, connection, pt), params or None)
+        for row in rows.mappings():
+            values = {c.key: row[c] for c in columns}
+            found[tuple(values[c] for c in table.key_columns)] = values
         return found
+
+    def _lock_keys(
+        self, session: Session, table: TableVersioning, keys: list[Key]
+    ) -> dict[Key, Row]:
+        """The rows with ``keys`` that exist, with their tracked values, locked."""
+        connection = session.connection(bind_arguments={"clause": table.parent_table})
+        return self._recorder.writer.load_rows(connection, table, keys, lock=True)
 
     def _note_changes(
         self,
@@ -270,23 +256,10 @@ class BulkRecorder:
                 "the unit of work"
             )
         entity = _entity(stmt)
-        params = state.parameters
-        rows: list[Any] = (
-            [params]
-            if isinstance(params, Mapping)
-            else list(params)
-            if isinstance(params, Sequence)
-            else []
-        )
-        keys: list[Key] | None = None
+        rows = _param_rows(state.parameters)
+        keys = None
         if rows and not _has_inline_values(stmt) and not _has_returning(stmt):
-            keys = []
-            for row in rows:
-                key = _key_from_params(row, table, entity, verb, required=False)
-                if key is None:
-                    keys = None
-                    break
-                keys.append(key)
+            keys = _keys_from_params(rows, table, entity, verb, required=False)
         if keys is not None:
             result = state.invoke_statement()
         else:
@@ -312,20 +285,19 @@ class BulkRecorder:
                 "not name; make the primary key the conflict target (index_elements=[...]), "
                 "or load the rows and change them through the unit of work"
             )
-        params: Any = state.parameters
-        rows: list[Any] = [params] if isinstance(params, Mapping) else list(params or ())
+        rows = _param_rows(state.parameters)
         if _has_inline_values(stmt):
             rows = [] if rows else _inline_rows(stmt)
         entity = _entity(stmt)
-        keys = [_key_from_params(r, table, entity, verb, required=False) for r in rows]
-        if not rows or any(k is None for k in keys):
+        keys = _keys_from_params(rows, table, entity, verb, required=False)
+        if not rows or keys is None:
             raise UnrecordedWriteError(
                 f"{verb} on {pt.name!r} can be recorded only with the primary key in every "
                 "parameter set (session.execute(stmt, [{...}, ...])), so the rows it touches "
                 "are known"
             )
         session = state.session
-        before = self._lock_rows(session, table, None, keys, None)
+        before = self._lock_keys(session, table, keys)
         result = state.invoke_statement()
         connection = session.connection(bind_arguments={"clause": pt})
         after = self._recorder.writer.load_rows(connection, table, keys)
@@ -450,7 +422,7 @@ def _set_columns(stmt: Any) -> list[Any] | None:
     return list(values)
 
 
-def _column_key(column: Any, table: TableVersioning) -> str | None:
+def _column_key(column: Any) -> str | None:
     if isinstance(column, str):
         return column
     key = getattr(column, "key", None)
@@ -464,7 +436,7 @@ def _sets_key(stmt: Any, table: TableVersioning) -> bool:
     columns = _set_columns(stmt)
     if columns is None:
         return False
-    names = {_column_key(c, table) for c in columns}
+    names = {_column_key(c) for c in columns}
     attr_of = {c: a for a, c in table.attrs.items()}
     return any(k in names or attr_of[k] in names for k in table.key_columns)
 
@@ -473,30 +445,35 @@ def _sets_tracked(stmt: Any, table: TableVersioning) -> bool:
     columns = _set_columns(stmt)
     if columns is None:
         return True
-    names = {_column_key(c, table) for c in columns}
+    names = {_column_key(c) for c in columns}
     tracked = set(table.attrs.values()) | set(table.attrs)
     return bool(names & tracked) or None in names
 
 
-def _key_from_params(
-    row: Mapping[str, Any], table: TableVersioning, entity: Any, verb: str, required: bool = True
-) -> Any:
-    """A row's key from a parameter set (attribute names for ORM statements, column keys for
-    Core ones); ``None`` when missing and not ``required``."""
-    key = []
-    for column in table.key_columns:
-        attr = next(a for a, c in table.attrs.items() if c == column)
-        names = (attr, column) if entity is not None else (column, attr)
-        value = next((row[n] for n in names if n in row), None)
-        if value is None:
+def _keys_from_params(
+    rows: Sequence[Mapping[str, Any]],
+    table: TableVersioning,
+    entity: Any,
+    verb: str,
+    required: bool = True,
+) -> list[Key] | None:
+    """Each parameter set's key (attribute names for ORM statements, column keys for Core
+    ones); ``None`` when one is missing and not ``required``."""
+    attr_of = {c: a for a, c in table.attrs.items()}
+    names = [(attr_of[c], c) if entity is not None else (c, attr_of[c]) for c in table.key_columns]
+    keys: list[Key] = []
+    for row in rows:
+        key = tuple(next((row[n] for n in pair if n in row), None) for pair in names)
+        if None in key:
             if not required:
                 return None
+            column = table.key_columns[key.index(None)]
             raise UnrecordedWriteError(
                 f"{verb} on {table.parent_table.name!r}: a parameter set has no value for the "
                 f"primary key column {column!r}, so the row it changes cannot be recorded"
             )
-        key.append(value)
-    return tuple(key)
+        keys.append(key)
+    return keys
 
 
 def _keys_in(table: TableVersioning, entity: Any, keys: list[Key]) -> sa.ColumnElement[bool]:
@@ -536,10 +513,17 @@ def _check_count(result: Any, expected: int, verb: str, name: str, uow: UnitOfWo
         raise UnrecordedWriteError(f"{uow.unrecorded}: roll the transaction back and retry")
 
 
-def _inline_rows(stmt: Any) -> list[dict[str, Any]]:
+def _param_rows(params: Any) -> list[Mapping[str, Any]]:
+    """The parameter sets a statement was executed with (none, one, or a list)."""
+    if isinstance(params, Mapping):
+        return [params]
+    return list(params) if isinstance(params, Sequence) else []
+
+
+def _inline_rows(stmt: Any) -> list[Mapping[str, Any]]:
     """The rows of ``insert().values(...)`` by column key, as far as they are plain values."""
     given = [stmt._values] if stmt._values else list(stmt._multi_values[0])
-    rows = []
+    rows: list[Mapping[str, Any]] = []
     for values in given:
         row = {}
         for column, value in values.items():

@@ -470,6 +470,11 @@ class Recorder:
             return
         self._unwatch(uow)
         uow.preloaded.clear()
+        self.keep(session, uow)
+
+    def keep(self, session: Session, uow: UnitOfWork) -> None:
+        """Keep what was just noted for the commit, with the context in force at the first
+        change; once the transaction is ordered, write it now."""
         if not uow.pending:
             return
         if uow.context is None:
@@ -501,10 +506,6 @@ class Recorder:
             connection = session.connection(bind_arguments={"clause": table.parent_table})
             take_commit_lock(connection, table.transaction_table)
             uow.ordered = True
-        self._write(session, uow)
-
-    def write_pending(self, session: Session, uow: UnitOfWork) -> None:
-        """Write what was noted now (the transaction holds the commit-order lock already)."""
         self._write(session, uow)
 
     def _write(self, session: Session, uow: UnitOfWork) -> None:

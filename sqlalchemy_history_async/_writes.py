@@ -23,7 +23,16 @@ from ._context import TransactionContext
 from ._info import TableVersioning, VersionInfo
 from ._schema import Operation, copy_late_types
 
-__all__ = ["STEP_ORDER", "Key", "Plan", "Row", "Step", "TableStatements", "Writer"]
+__all__ = [
+    "STEP_ORDER",
+    "Key",
+    "Plan",
+    "Row",
+    "Step",
+    "TableStatements",
+    "Writer",
+    "for_update",
+]
 
 #: Keys per statement: keeps every backend's bound-parameter limit out of reach.
 CHUNK = 1000
@@ -156,11 +165,18 @@ class Writer:
         return out
 
     def load_rows(
-        self, connection: Connection, table: TableVersioning, keys: Sequence[Key]
+        self,
+        connection: Connection,
+        table: TableVersioning,
+        keys: Sequence[Key],
+        lock: bool = False,
     ) -> dict[Key, Row]:
-        """Current rows of ``table``'s parent table for ``keys``, by column key."""
+        """Current rows of ``table``'s parent table for ``keys``, by column key (``lock``:
+        locked until the transaction ends, see :func:`for_update`)."""
         out: dict[Key, Row] = {}
         stmt = self.statements(table).load
+        if lock:
+            stmt = for_update(stmt, connection, table.parent_table)
         for start in range(0, len(keys), CHUNK):
             chunk = _bind_keys(keys[start : start + CHUNK])
             for row in connection.execute(stmt, {"_keys": chunk}).mappings():
@@ -219,6 +235,15 @@ class Writer:
             params["_tx"] = transaction_id
         result = connection.execute(stmt, params)
         return int(result.scalar_one()) if new_transaction else transaction_id
+
+
+def for_update(select: sa.Select[Any], connection: Connection, table: sa.Table) -> sa.Select[Any]:
+    """``select`` locking the rows of ``table`` it reads (``FOR UPDATE``; SQLite has one
+    writer at a time and no row locks)."""
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        return select
+    return select.with_for_update(of=table) if dialect == "postgresql" else select.with_for_update()
 
 
 def _step_statement(
