@@ -22,16 +22,34 @@ before anything is written, so a write never silently goes without history.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Generator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Result
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, CursorResult, Result
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from ._capture import Recorder, UnitOfWork, pend
+from ._capture import Recorder, UnitOfWork, pend, unlisten
 from ._context import recording
+from ._dml import (
+    TEXTUAL_WRITE,
+    conflicts_on_key_only,
+    differs,
+    entity_of,
+    has_inline_values,
+    has_returning,
+    inline_rows,
+    key_binds,
+    keys_from_params,
+    keys_in,
+    param_rows,
+    plain_table,
+    sets_key,
+    sets_tracked,
+)
 from ._exceptions import UnrecordedWriteError
 from ._info import Catalog, TableVersioning
 from ._schema import Operation
@@ -39,12 +57,13 @@ from ._writes import Key, Row, for_update
 
 __all__ = ["BulkRecorder"]
 
-#: The table an INSERT, UPDATE, DELETE (or MERGE / REPLACE) statement in SQL text writes to.
-_TEXTUAL_WRITE = re.compile(
-    r"\b(?:insert\s+(?:ignore\s+)?into|replace\s+into|merge\s+into|update|delete\s+from)"
-    r"\s+(?:only\s+)?(?:[`\"\[]?\w+[`\"\]]?\.)?[`\"\[]?(?P<table>\w+)",
-    re.IGNORECASE,
-)
+#: The execution option that marks a statement ``do_orm_execute`` records (the connection's
+#: listener leaves it alone).
+_SEEN_OPTION = "sqlalchemy_history_async_recorded"
+_SEEN = {_SEEN_OPTION: True}
+
+#: The legacy ``Session.bulk_*`` methods run their statements from this function.
+_BULK_METHOD = Session._bulk_save_mappings.__code__
 
 #: Above this many bound key values the statement is not restricted to the keys found (every
 #: driver's parameter limit stays out of reach); the row count check still applies.
@@ -60,8 +79,74 @@ class _Target:
         self.joined = joined
 
 
+class _Call:
+    """One INSERT, UPDATE or DELETE on a versioned table, however it was run."""
+
+    def __init__(
+        self,
+        statement: Any,
+        params: Any,
+        session: Session,
+        table: TableVersioning,
+        *,
+        connection: Connection | None = None,
+        orm: bool = False,
+        autoflush: bool = False,
+    ) -> None:
+        self.statement = statement
+        self.params = params
+        self.session = session
+        self.table = table
+        #: an ORM-enabled statement (``update(Model)``), not a Core one (``update(table)``)
+        self.orm = orm
+        #: flush the session before the statement, as the ORM does
+        self.autoflush = autoflush
+        #: run through ``session.execute()``: the result it returns may be replaced
+        self.replaceable = connection is None
+        self._connection = connection
+
+    @property
+    def connection(self) -> Connection:
+        """The connection the statement runs on (the library's own SELECTs run there too)."""
+        if self._connection is None:
+            clause = {"clause": self.table.parent_table}
+            self._connection = self.session.connection(bind_arguments=clause)
+        return self._connection
+
+    @property
+    def verb(self) -> str:
+        stmt = self.statement
+        return "INSERT" if stmt.is_insert else "UPDATE" if stmt.is_update else "DELETE"
+
+    @property
+    def many(self) -> bool:
+        """Run with a list of parameter sets (executemany)."""
+        params = self.params
+        return isinstance(params, Sequence) and not isinstance(params, Mapping)
+
+
+#: A recording step: yields the statement to run, receives its result, returns the result the
+#: caller gets.
+_Step = Generator[Any, Any, Any]
+
+
+def _finish(step: _Step, result: Any) -> Any:
+    try:
+        step.send(result)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("a recording step runs one statement")  # pragma: no cover
+
+
 class BulkRecorder:
-    """The ``do_orm_execute`` listener of one manager: records DML run through a session."""
+    """The listeners of one manager that record DML run outside the unit of work.
+
+    ``do_orm_execute`` sees everything run through ``Session.execute()``. Statements sent on
+    the session's connection are seen by a ``before_execute`` / ``after_execute`` listener on
+    that connection, put there for the legacy ``Session.bulk_*`` methods while they run, and
+    for the whole transaction with ``strict=True`` (a listener on a connection makes each of
+    its statements a little slower, so it is not there by default).
+    """
 
     def __init__(self, recorder: Recorder, catalog: Catalog, *, strict: bool = False) -> None:
         self._recorder = recorder
@@ -89,31 +174,50 @@ class BulkRecorder:
             self._targets, self._built_for = targets, size
         return self._targets
 
+    def _recordable(self, stmt: Any) -> TableVersioning | None:
+        """The versioned table a DML statement writes to (``None``: not ours, or recording is
+        off); refuses one it cannot record."""
+        target = self._target(plain_table(stmt))
+        if target is None or not recording():
+            return None
+        if target.joined:
+            verb = "INSERT" if stmt.is_insert else "UPDATE" if stmt.is_update else "DELETE"
+            raise UnrecordedWriteError(
+                f"{verb} on {target.table.parent_table.name!r} cannot be recorded: the table is "
+                "part of a joined-table inheritance hierarchy, whose history spans several "
+                "tables; change these rows through the unit of work (session.add / attribute "
+                "changes)"
+            )
+        return target.table
+
+    # --- Session.execute() --------------------------------------------------------------------
+
     def do_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
         """Record an INSERT, UPDATE or DELETE on a versioned table (``None``: not ours)."""
         if not (state.is_insert or state.is_update or state.is_delete):
             if self._strict and isinstance(state.statement, sa.TextClause) and recording():
                 self._refuse_textual_write(state.statement.text)
             return None
-        stmt: Any = state.statement
-        target = self._target(_plain_table(stmt))
-        if target is None or not recording():
+        table = self._recordable(state.statement)
+        if table is None:
             return None
-        name = target.table.parent_table.name
-        if target.joined:
-            raise UnrecordedWriteError(
-                f"{_verb(state)} on {name!r} cannot be recorded: the table is part of a "
-                "joined-table inheritance hierarchy, whose history spans several tables; "
-                "change these rows through the unit of work (session.add / attribute changes)"
-            )
         session = state.session
+        autoflush = state.execution_options.get("autoflush", True) and session.autoflush
+        call = _Call(
+            state.statement,
+            state.parameters,
+            session,
+            table,
+            orm=state.is_orm_statement,
+            autoflush=state.is_orm_statement and autoflush,
+        )
         uow = self._recorder.uow(session)
-        if state.is_insert:
-            result = self._insert(state, target.table, uow)
-        else:
-            result = self._update_or_delete(state, target.table, uow)
+        step = self._step(call, uow)
+        statement = next(step)
+        result = state.invoke_statement(statement=statement, execution_options=_SEEN)
+        result = _finish(step, result)
         self._recorder.keep(session, uow)
-        return result
+        return result  # type: ignore[no-any-return]
 
     def _refuse_textual_write(self, sql: str) -> None:
         """``strict``: refuse textual SQL whose INSERT / UPDATE / DELETE names a versioned
@@ -122,7 +226,7 @@ class BulkRecorder:
         names = {t.name.lower() for t in self._refreshed() if t.name.lower() in lowered}
         if not names:
             return
-        for match in _TEXTUAL_WRITE.finditer(sql):
+        for match in TEXTUAL_WRITE.finditer(sql):
             table = match.group("table").lower()
             if table in names:
                 raise UnrecordedWriteError(
@@ -132,59 +236,141 @@ class BulkRecorder:
                     "versioning_disabled() if it needs no history (strict=True)"
                 )
 
+    def _step(self, call: _Call, uow: UnitOfWork) -> _Step:
+        if call.statement.is_insert:
+            return self._insert(call, uow)
+        return self._update_or_delete(call, uow)
+
+    # --- statements on the session's connection -----------------------------------------------
+
+    def after_begin(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        """Watch the statements of a connection the session begins on (``strict``, or while
+        a legacy ``bulk_*`` method runs)."""
+        uow = None if self._strict else self._recorder.existing(session)
+        if self._strict or (uow is not None and uow.bulk_method is not None):
+            self._watch(session, connection)
+
+    def after_transaction_create(self, session: Session, transaction: SessionTransaction) -> None:
+        """A legacy ``Session.bulk_insert_mappings()`` / ``bulk_update_mappings()`` /
+        ``bulk_save_objects()`` runs in a subtransaction of its own: watch the session's
+        connections while it lasts."""
+        if transaction.nested or transaction.parent is None or not _in_bulk_method():
+            return
+        uow = self._recorder.uow(session)
+        uow.bulk_method = transaction
+        for connection in _connections(transaction):
+            self._watch(session, connection)
+
+    def after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        """Stop watching when the legacy ``bulk_*`` call is over (its statements' history
+        stays noted for the commit)."""
+        uow = self._recorder.existing(session)
+        if uow is None or uow.bulk_method is not transaction:
+            return
+        uow.bulk_method = None
+        if not self._strict:
+            unlisten(uow, self)
+
+    def _watch(self, session: Session, connection: Connection) -> None:
+        uow = self._recorder.uow(session)
+        if any(c is connection and owner is self for c, _, _, owner in uow.listening):
+            return
+        before = partial(self._before_execute, session)
+        after = partial(self._after_execute, session)
+        event.listen(connection, "before_execute", before, retval=True)
+        event.listen(connection, "after_execute", after)
+        uow.listening += [
+            (connection, "before_execute", before, self),
+            (connection, "after_execute", after, self),
+        ]
+
+    def _before_execute(
+        self,
+        session: Session,
+        connection: Connection,
+        statement: Any,
+        multiparams: Any,
+        params: Any,
+        execution_options: Any,
+    ) -> tuple[Any, Any, Any]:
+        unchanged = statement, multiparams, params
+        if not isinstance(statement, sa.Insert | sa.Update | sa.Delete):
+            if self._strict and isinstance(statement, sa.TextClause) and recording():
+                self._refuse_textual_write(statement.text)
+            return unchanged
+        if execution_options.get(_SEEN_OPTION):
+            return unchanged  # run by do_orm_execute, which records it
+        uow = self._recorder.uow(session)
+        if session._flushing and uow.bulk_method is None:
+            return unchanged  # the unit of work's own statements: the mapper events note them
+        table = self._recordable(statement)
+        if table is None:
+            return unchanged
+        call = _Call(statement, multiparams or params, session, table, connection=connection)
+        step = self._step(call, uow)
+        run = next(step)
+        uow.steps[id(run)] = step
+        return run, multiparams, params
+
+    def _after_execute(
+        self,
+        session: Session,
+        connection: Connection,
+        statement: Any,
+        multiparams: Any,
+        params: Any,
+        execution_options: Any,
+        result: Any,
+    ) -> None:
+        uow = self._recorder.existing(session)
+        step = None if uow is None else uow.steps.pop(id(statement), None)
+        if uow is None or step is None:
+            return
+        _finish(step, result)
+        self._recorder.keep(session, uow)
+
     # --- UPDATE and DELETE --------------------------------------------------------------------
 
-    def _update_or_delete(
-        self, state: ORMExecuteState, table: TableVersioning, uow: UnitOfWork
-    ) -> Result[Any]:
-        stmt: Any = state.statement
+    def _update_or_delete(self, call: _Call, uow: UnitOfWork) -> _Step:
+        stmt: Any = call.statement
+        table = call.table
         name = table.parent_table.name
-        verb = _verb(state)
-        if state.is_update and _sets_key(stmt, table):
+        verb = call.verb
+        if stmt.is_update and sets_key(stmt, table):
             raise UnrecordedWriteError(
                 f"{verb} on {name!r} changes the primary key, which cannot be recorded in bulk; "
                 "change the key through the unit of work (assign it on the object and flush)"
             )
-        if state.is_update and not _sets_tracked(stmt, table):
-            return state.invoke_statement()  # only untracked columns change: nothing to record
-        params: Any = state.parameters
-        many = isinstance(params, Sequence) and not isinstance(params, Mapping)
-        session = state.session
-        autoflush = state.execution_options.get("autoflush", True) and session.autoflush
-        if state.is_orm_statement and autoflush:
-            session.flush()  # what the ORM does before the statement, so we see its rows
-        entity = _entity(stmt)
-        if many:
-            if stmt.whereclause is not None or not state.is_orm_statement:
-                raise UnrecordedWriteError(
-                    f"{verb} on {name!r} with a list of parameter sets and a WHERE clause cannot "
-                    "be recorded; run one statement per parameter set, or use the ORM's bulk "
-                    "UPDATE by primary key (update(Model) with dictionaries holding the key)"
-                )
-            keys = _keys_from_params(params, table, entity, verb)
-            assert keys is not None
-            before = self._lock_keys(session, table, keys)
-            result = state.invoke_statement()
+        if stmt.is_update and not sets_tracked(stmt, table):
+            return (yield stmt)  # only untracked columns change: nothing to record
+        if call.autoflush:
+            call.session.flush()  # what the ORM does before the statement, so we see its rows
+        entity = entity_of(stmt)
+        if call.many:
+            keys = _keys_of_each(call, entity)
+            before = self._lock_keys(call, keys)
+            result = yield stmt
         else:
-            before = self._lock_rows(session, table, stmt, params)
+            before = self._lock_rows(call)
             restricted = stmt
-            if before and _restrictable(session, table, len(before)):
-                restricted = stmt.where(_keys_in(table, entity, list(before)))
-            result = state.invoke_statement(statement=restricted)
+            if before and _restrictable(call.connection, table, len(before)):
+                restricted = stmt.where(keys_in(table, entity, list(before)))
+            result = yield restricted
             _check_count(result, len(before), verb, name, uow)
-        self._note_changes(session, uow, table, before, result, deleted=state.is_delete)
+        self._note_changes(call, uow, before, result)
         return result
 
-    def _lock_rows(
-        self, session: Session, table: TableVersioning, stmt: Any, params: Any
-    ) -> dict[Key, Row]:
+    def _lock_rows(self, call: _Call) -> dict[Key, Row]:
         """The rows an UPDATE / DELETE's WHERE matches, with their tracked values, locked
         where the database can lock rows."""
+        stmt: Any = call.statement
+        table = call.table
         pt = table.parent_table
         columns = [pt.c[c] for c in table.attrs.values()]
-        connection = session.connection(bind_arguments={"clause": pt})
         select = sa.select(*columns)
-        entity = _entity(stmt)
+        entity = entity_of(stmt)
         if entity is not None:
             select = select.select_from(entity)  # the ORM adds single-table criteria
         if stmt.whereclause is not None:
@@ -192,138 +378,122 @@ class BulkRecorder:
         found: dict[Key, Row] = {}
         # On the connection, not session.execute(): the session's own do_orm_execute hooks
         # (criteria added to every query) are for the application's queries.
-        rows = connection.execute(for_update(select, connection, pt), params or None)
+        connection = call.connection
+        params = call.params if isinstance(call.params, Mapping) and call.params else None
+        rows = connection.execute(for_update(select, connection, pt), params)
         for row in rows.mappings():
             values = {c.key: row[c] for c in columns}
             found[tuple(values[c] for c in table.key_columns)] = values
         return found
 
-    def _lock_keys(
-        self, session: Session, table: TableVersioning, keys: list[Key]
-    ) -> dict[Key, Row]:
+    def _lock_keys(self, call: _Call, keys: list[Key]) -> dict[Key, Row]:
         """The rows with ``keys`` that exist, with their tracked values, locked."""
-        connection = session.connection(bind_arguments={"clause": table.parent_table})
-        return self._recorder.writer.load_rows(connection, table, keys, lock=True)
+        return self._recorder.writer.load_rows(call.connection, call.table, keys, lock=True)
 
     def _note_changes(
-        self,
-        session: Session,
-        uow: UnitOfWork,
-        table: TableVersioning,
-        before: dict[Key, Row],
-        result: Any,
-        deleted: bool,
+        self, call: _Call, uow: UnitOfWork, before: dict[Key, Row], result: Any
     ) -> None:
         if not before:
             return
+        table = call.table
         pending = uow.pending.setdefault(table, {})
         keys = list(before)
         uow.bulk_touched.setdefault(table, set()).update(keys)
-        connection = session.connection(bind_arguments={"clause": table.parent_table})
-        if deleted:
+        writer = self._recorder.writer
+        if call.statement.is_delete:
             remaining: dict[Key, Row] = {}
             if getattr(result, "rowcount", -1) != len(before):
                 # The statement deleted fewer rows than the SELECT found (criteria the ORM or
-                # a session hook added to it): only the rows that are gone record a DELETE.
-                remaining = self._recorder.writer.load_rows(connection, table, keys)
+                # a session hook added to it, or per parameter set): only the rows that are
+                # gone record a DELETE.
+                remaining = writer.load_rows(call.connection, table, keys)
             for key, row in before.items():
                 if key not in remaining:
                     pend(pending, key, Operation.DELETE, row)
             return
-        after = self._recorder.writer.load_rows(connection, table, keys)
+        after = writer.load_rows(call.connection, table, keys)
         for key, old in before.items():
             new = after.get(key)
             if new is None:
                 continue  # not there any more (cannot happen: the row is locked)
-            if _differs(table, old, new):
+            if differs(table, old, new):
                 pend(pending, key, Operation.UPDATE, None)
 
     # --- INSERT -------------------------------------------------------------------------------
 
-    def _insert(
-        self, state: ORMExecuteState, table: TableVersioning, uow: UnitOfWork
-    ) -> Result[Any]:
-        stmt: Any = state.statement
-        name = table.parent_table.name
-        verb = _verb(state)
+    def _insert(self, call: _Call, uow: UnitOfWork) -> _Step:
+        stmt: Any = call.statement
+        table = call.table
         upsert = getattr(stmt, "_post_values_clause", None)
         if upsert is not None:
-            return self._upsert(state, table, uow, upsert)
-        if getattr(stmt, "select", None) is not None:
-            raise UnrecordedWriteError(
-                f"INSERT ... FROM SELECT on {name!r} cannot be recorded yet; insert the rows "
-                "with a list of parameter sets (session.execute(insert(Model), rows)) or through "
-                "the unit of work"
-            )
-        entity = _entity(stmt)
-        rows = _param_rows(state.parameters)
+            return (yield from self._upsert(call, uow, upsert))
+        entity = entity_of(stmt)
+        rows = param_rows(call.params)
         keys = None
-        if rows and not _has_inline_values(stmt) and not _has_returning(stmt):
-            keys = _keys_from_params(rows, table, entity, verb, required=False)
+        if (
+            rows
+            and getattr(stmt, "select", None) is None
+            and not has_inline_values(stmt)
+            and not has_returning(stmt)
+        ):
+            keys = keys_from_params(rows, table, entity, call.verb, required=False)
         if keys is not None:
-            result = state.invoke_statement()
+            result = yield stmt
         else:
-            result, keys = self._insert_returning_keys(state, table, entity, verb, uow)
+            result, keys = yield from self._insert_returning_keys(call, entity, uow)
         pending = uow.pending.setdefault(table, {})
         for key in keys:
             pend(pending, key, Operation.INSERT, None)
         return result
 
-    def _upsert(
-        self, state: ORMExecuteState, table: TableVersioning, uow: UnitOfWork, clause: Any
-    ) -> Result[Any]:
+    def _upsert(self, call: _Call, uow: UnitOfWork, clause: Any) -> _Step:
         """INSERT ... ON CONFLICT / ON DUPLICATE KEY on the primary key: the rows that existed
         are read (and locked) before, every row after; new rows record an INSERT, changed ones
         an UPDATE, untouched ones nothing."""
-        stmt: Any = state.statement
+        stmt: Any = call.statement
+        table = call.table
         pt = table.parent_table
         verb = "an upsert (INSERT ... ON CONFLICT / ON DUPLICATE KEY)"
-        if not _conflicts_on_key_only(clause, pt):
+        if not conflicts_on_key_only(clause, pt):
             raise UnrecordedWriteError(
                 f"{verb} on {pt.name!r} cannot be recorded: it may change a row found through "
                 "another unique constraint than the primary key, whose key the statement does "
                 "not name; make the primary key the conflict target (index_elements=[...]), "
                 "or load the rows and change them through the unit of work"
             )
-        rows = _param_rows(state.parameters)
-        if _has_inline_values(stmt):
-            rows = [] if rows else _inline_rows(stmt)
-        entity = _entity(stmt)
-        keys = _keys_from_params(rows, table, entity, verb, required=False)
+        rows = param_rows(call.params)
+        if has_inline_values(stmt):
+            rows = [] if any(rows) else inline_rows(stmt)
+        keys = keys_from_params(rows, table, entity_of(stmt), verb, required=False)
         if not rows or keys is None:
             raise UnrecordedWriteError(
                 f"{verb} on {pt.name!r} can be recorded only with the primary key in every "
                 "parameter set (session.execute(stmt, [{...}, ...])), so the rows it touches "
                 "are known"
             )
-        session = state.session
-        before = self._lock_keys(session, table, keys)
-        result = state.invoke_statement()
-        connection = session.connection(bind_arguments={"clause": pt})
-        after = self._recorder.writer.load_rows(connection, table, keys)
+        before = self._lock_keys(call, keys)
+        result = yield stmt
+        after = self._recorder.writer.load_rows(call.connection, table, keys)
         pending = uow.pending.setdefault(table, {})
         touched = uow.bulk_touched.setdefault(table, set())
         for key, new in after.items():
             old = before.get(key)
             if old is None:
                 pend(pending, key, Operation.INSERT, None)
-            elif _differs(table, old, new):
+            elif differs(table, old, new):
                 touched.add(key)
                 pend(pending, key, Operation.UPDATE, None)
         return result
 
     def _insert_returning_keys(
-        self,
-        state: ORMExecuteState,
-        table: TableVersioning,
-        entity: Any,
-        verb: str,
-        uow: UnitOfWork,
-    ) -> tuple[Result[Any], list[Key]]:
+        self, call: _Call, entity: Any, uow: UnitOfWork
+    ) -> Generator[Any, Any, tuple[Any, list[Key]]]:
         """Run the INSERT with the key columns added to its RETURNING; keep the caller's rows."""
-        stmt: Any = state.statement
+        stmt: Any = call.statement
+        table = call.table
         pt = table.parent_table
-        dialect = state.session.connection(bind_arguments={"clause": pt}).dialect
+        verb = "INSERT ... FROM SELECT" if getattr(stmt, "select", None) is not None else "INSERT"
+        dialect = call.connection.dialect
         if not dialect.insert_returning:
             raise UnrecordedWriteError(
                 f"{verb} on {pt.name!r} cannot be recorded on {dialect.name}: the database "
@@ -337,165 +507,100 @@ class BulkRecorder:
             ]
         else:
             key_exprs = [pt.c[c] for c in table.key_columns]
-        if entity is None and not _has_returning(stmt):
-            # Core: the keys come back as the result's inserted primary keys, the result stays
-            # the one the caller expects (rowcount, inserted_primary_key).
-            cursor: Any = state.invoke_statement(statement=stmt.return_defaults(*key_exprs))
-            keys = [tuple(row) for row in cursor.inserted_primary_key_rows]
-            if any(v is None for key in keys for v in key):
-                uow.unrecorded = (
-                    f"{verb} on {pt.name!r}: {dialect.name} did not return the keys it "
-                    "assigned, so the rows' history cannot be recorded"
+        if has_returning(stmt) or entity is not None or getattr(stmt, "select", None) is not None:
+            user_columns = len(stmt._returning) if has_returning(stmt) else 0
+            if user_columns and not call.replaceable:
+                raise UnrecordedWriteError(
+                    f"{verb} ... RETURNING on {pt.name!r} sent on a connection cannot be "
+                    "recorded without the primary key in its parameters; run it through "
+                    "session.execute(), or give the key"
                 )
-                raise UnrecordedWriteError(uow.unrecorded)
-            return cursor, keys
-        user_columns = len(stmt._returning) if _has_returning(stmt) else 0
-        result = state.invoke_statement(statement=stmt.returning(*key_exprs))
-        frozen = result.freeze()
-        width = len(key_exprs)
-        keys = [tuple(row[len(row) - width :]) for row in frozen.data]
-        replay: Result[Any] = frozen()
-        if user_columns:
-            return replay.columns(*range(user_columns)), keys
-        return replay, keys
+            result = yield stmt.returning(*key_exprs)
+            if not user_columns:
+                # Only the library asked for rows: read them, the caller keeps the result
+                # (and its rowcount) as if nothing had been returned.
+                keys = [tuple(row) for row in result.all()]
+                if isinstance(result, CursorResult):
+                    # what the statement inserted: some drivers forget it once rows are read
+                    result.__dict__["rowcount"] = len(keys)
+                return result, keys
+            frozen = result.freeze()
+            width = len(key_exprs)
+            keys = [tuple(row[len(row) - width :]) for row in frozen.data]
+            replay: Result[Any] = frozen()
+            if user_columns:
+                return replay.columns(*range(user_columns)), keys
+            return replay, keys
+        # Core: the keys come back as the result's inserted primary keys, the result stays the
+        # one the caller expects (rowcount, inserted_primary_key).
+        cursor: Any = yield (stmt if stmt._return_defaults else stmt.return_defaults(*key_exprs))
+        keys = [tuple(row) for row in cursor.inserted_primary_key_rows]
+        if any(v is None for key in keys for v in key):
+            uow.unrecorded = (
+                f"{verb} on {pt.name!r}: {dialect.name} did not return the keys it "
+                "assigned, so the rows' history cannot be recorded"
+            )
+            raise UnrecordedWriteError(uow.unrecorded)
+        return cursor, keys
 
 
-def _differs(table: TableVersioning, old: Row, new: Row) -> bool:
-    """Whether a tracked value of the row changed."""
-    columns = table.parent_table.c
-    return any(not columns[c].type.compare_values(v, new.get(c)) for c, v in old.items())
-
-
-def _conflicts_on_key_only(clause: Any, table: sa.Table) -> bool:
-    """Whether an upsert's conflict handling can only ever meet the row its primary key names:
-    its target is the primary key, or (no target: any unique key) the table has no unique
-    constraint or index but the primary key. DO NOTHING changes no existing row at all."""
-    clauses = list(getattr(clause, "clauses", None) or [clause])
-    key = {c.name for c in table.primary_key.columns}
-    for each in clauses:
-        if type(each).__name__ == "OnConflictDoNothing":
-            continue
-        target = getattr(each, "inferred_target_elements", None)
-        constraint = getattr(each, "constraint_target", None)
-        if target:
-            names = {getattr(c, "name", c) for c in target}
-            if names != key:
-                return False
-        elif constraint is not None:
-            if constraint != table.primary_key.name:
-                return False
-        elif _other_unique_keys(table):
+def _in_bulk_method() -> bool:
+    """Whether a subtransaction being created is the one of a legacy ``Session.bulk_*`` call
+    (the unit of work's flushes make one too)."""
+    frame = sys._getframe(1)
+    for _ in range(10):
+        if frame is None:
             return False
-    return True
+        if frame.f_code is _BULK_METHOD:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
-def _other_unique_keys(table: sa.Table) -> bool:
-    if any(c.unique for c in table.columns):
-        return True
-    if any(isinstance(c, sa.UniqueConstraint) for c in table.constraints):
-        return True
-    return any(index.unique for index in table.indexes)
+def _connections(transaction: SessionTransaction) -> list[Connection]:
+    """The connections a session transaction has begun so far (its outermost transaction
+    holds them all)."""
+    while transaction.parent is not None:
+        transaction = transaction.parent
+    known: dict[Any, tuple[Any, ...]] = getattr(transaction, "_connections", {})
+    return list({id(entry[0]): entry[0] for entry in known.values()}.values())
 
 
-def _plain_table(stmt: Any) -> Any:
-    description = getattr(stmt, "entity_description", None)
-    if description is not None and description.get("table") is not None:
-        return description["table"]
-    return getattr(stmt, "table", None)
-
-
-def _entity(stmt: Any) -> Any:
-    """The mapped class an ORM-enabled statement targets (``None`` for a Core statement)."""
-    description = getattr(stmt, "entity_description", None)
-    return None if description is None else description.get("entity")
-
-
-def _verb(state: ORMExecuteState) -> str:
-    return "INSERT" if state.is_insert else "UPDATE" if state.is_update else "DELETE"
-
-
-def _set_columns(stmt: Any) -> list[Any] | None:
-    """The columns an UPDATE's SET clause names (``None``: given per parameter set)."""
-    values = getattr(stmt, "_values", None) or dict(getattr(stmt, "_ordered_values", None) or ())
-    if not values:
-        return None
-    return list(values)
-
-
-def _column_key(column: Any) -> str | None:
-    if isinstance(column, str):
-        return column
-    key = getattr(column, "key", None)
-    prop = getattr(column, "property", None)
-    if prop is not None and getattr(prop, "columns", None):
-        return str(prop.columns[0].key)
-    return key if isinstance(key, str) else None
-
-
-def _sets_key(stmt: Any, table: TableVersioning) -> bool:
-    columns = _set_columns(stmt)
-    if columns is None:
-        return False
-    names = {_column_key(c) for c in columns}
-    attr_of = {c: a for a, c in table.attrs.items()}
-    return any(k in names or attr_of[k] in names for k in table.key_columns)
-
-
-def _sets_tracked(stmt: Any, table: TableVersioning) -> bool:
-    columns = _set_columns(stmt)
-    if columns is None:
-        return True
-    names = {_column_key(c) for c in columns}
-    tracked = set(table.attrs.values()) | set(table.attrs)
-    return bool(names & tracked) or None in names
-
-
-def _keys_from_params(
-    rows: Sequence[Mapping[str, Any]],
-    table: TableVersioning,
-    entity: Any,
-    verb: str,
-    required: bool = True,
-) -> list[Key] | None:
-    """Each parameter set's key (attribute names for ORM statements, column keys for Core
-    ones); ``None`` when one is missing and not ``required``."""
-    attr_of = {c: a for a, c in table.attrs.items()}
-    names = [(attr_of[c], c) if entity is not None else (c, attr_of[c]) for c in table.key_columns]
-    keys: list[Key] = []
+def _keys_of_each(call: _Call, entity: Any) -> list[Key]:
+    """The key of each parameter set of an UPDATE / DELETE run once per parameter set: from
+    the ORM's bulk UPDATE by primary key, or a WHERE that compares the key columns with bound
+    parameters."""
+    stmt: Any = call.statement
+    table = call.table
+    rows = param_rows(call.params)
+    if call.orm and stmt.is_update:
+        keys = keys_from_params(rows, table, entity, call.verb)
+        assert keys is not None
+        return keys
+    binds = None if stmt.whereclause is None else key_binds(stmt.whereclause, table)
+    if binds is None:
+        raise UnrecordedWriteError(
+            f"{call.verb} on {table.parent_table.name!r} with a list of parameter sets cannot be "
+            "recorded unless its WHERE compares every primary key column with a bound "
+            "parameter (where(table.c.id == bindparam('id'))); run one statement per parameter "
+            "set, or use the ORM's bulk UPDATE by primary key (update(Model) with dictionaries "
+            "holding the key)"
+        )
+    keys = []
     for row in rows:
-        key = tuple(next((row[n] for n in pair if n in row), None) for pair in names)
+        key = tuple(row.get(name, default) for name, default in binds)
         if None in key:
-            if not required:
-                return None
-            column = table.key_columns[key.index(None)]
             raise UnrecordedWriteError(
-                f"{verb} on {table.parent_table.name!r}: a parameter set has no value for the "
-                f"primary key column {column!r}, so the row it changes cannot be recorded"
+                f"{call.verb} on {table.parent_table.name!r}: a parameter set has no value for "
+                "the primary key, so the row it changes cannot be recorded"
             )
         keys.append(key)
     return keys
 
 
-def _keys_in(table: TableVersioning, entity: Any, keys: list[Key]) -> sa.ColumnElement[bool]:
-    """``key IN (...)``: with the model's attributes for an ORM statement (so the ORM can
-    evaluate it in Python), the table's columns otherwise."""
-    if entity is not None:
-        mapper = sa.inspect(entity)
-        cols: list[Any] = [
-            mapper.get_property_by_column(table.parent_table.c[c]).class_attribute
-            for c in table.key_columns
-        ]
-    else:
-        cols = [table.parent_table.c[c] for c in table.key_columns]
-    if len(cols) == 1:
-        return cols[0].in_([k[0] for k in keys])  # type: ignore[no-any-return]
-    return sa.tuple_(*cols).in_(keys)
-
-
-def _restrictable(session: Session, table: TableVersioning, count: int) -> bool:
+def _restrictable(connection: Connection, table: TableVersioning, count: int) -> bool:
     """Whether to restrict the statement to the keys found: not on SQLite (one writer at a
     time, so no row can appear between the SELECT and the statement), nor past the limit."""
-    connection = session.connection(bind_arguments={"clause": table.parent_table})
     if connection.dialect.name == "sqlite":
         return False
     return count * len(table.key_columns) <= _RESTRICT_LIMIT
@@ -511,35 +616,3 @@ def _check_count(result: Any, expected: int, verb: str, name: str, uow: UnitOfWo
             "ran (rows were added concurrently), so the history of some cannot be recorded"
         )
         raise UnrecordedWriteError(f"{uow.unrecorded}: roll the transaction back and retry")
-
-
-def _param_rows(params: Any) -> list[Mapping[str, Any]]:
-    """The parameter sets a statement was executed with (none, one, or a list)."""
-    if isinstance(params, Mapping):
-        return [params]
-    return list(params) if isinstance(params, Sequence) else []
-
-
-def _inline_rows(stmt: Any) -> list[Mapping[str, Any]]:
-    """The rows of ``insert().values(...)`` by column key, as far as they are plain values."""
-    given = [stmt._values] if stmt._values else list(stmt._multi_values[0])
-    rows: list[Mapping[str, Any]] = []
-    for values in given:
-        row = {}
-        for column, value in values.items():
-            name = column if isinstance(column, str) else column.key
-            if isinstance(value, sa.BindParameter):
-                value = value.value
-            elif isinstance(value, sa.ClauseElement):
-                value = None  # an SQL expression: not known before the statement runs
-            row[name] = value
-        rows.append(row)
-    return rows
-
-
-def _has_inline_values(stmt: Any) -> bool:
-    return bool(getattr(stmt, "_values", None) or getattr(stmt, "_multi_values", None))
-
-
-def _has_returning(stmt: Any) -> bool:
-    return bool(getattr(stmt, "_returning", None))

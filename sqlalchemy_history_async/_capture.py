@@ -30,7 +30,7 @@ snapshot, matching what the database undid.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "flush_history",
     "flush_history_sync",
     "pend",
+    "unlisten",
 ]
 
 #: ``session.info[SESSION_INFO_KEY]`` maps each recorder to its :class:`UnitOfWork`.
@@ -134,6 +135,16 @@ class UnitOfWork:
     # changed and changed back by later flushes records nothing.
     originals: dict[tuple[VersionInfo, Key], dict[str, Any]] = field(default_factory=dict)
     savepoints: dict[SessionTransaction, _Snapshot] = field(default_factory=dict)
+    # Listeners put on the session's connections for the statements sent on them (``_bulk``):
+    # (connection, event name, listener, owner); removed when the transaction ends.
+    listening: list[tuple[Connection, str, Callable[..., Any], object]] = field(
+        default_factory=list
+    )
+    # Statements sent on a watched connection that are running, by id: the recording step
+    # that finishes once the statement has run (``_bulk``).
+    steps: dict[int, Generator[Any, Any, Any]] = field(default_factory=dict)
+    # The subtransaction of a legacy ``Session.bulk_*`` call that is running.
+    bulk_method: SessionTransaction | None = None
 
     def existed_before(self, table: TableVersioning, key: Key) -> bool | None:
         """Whether the row existed when the transaction began (``None``: not touched yet)."""
@@ -199,7 +210,8 @@ class Recorder:
             uow = states[self] = UnitOfWork()
         return uow
 
-    def _existing(self, session: Session) -> UnitOfWork | None:
+    def existing(self, session: Session) -> UnitOfWork | None:
+        """This recorder's bookkeeping of the session's transaction, if it has any."""
         states: dict[Recorder, UnitOfWork] | None = session.info.get(SESSION_INFO_KEY)
         return None if states is None else states.get(self)
 
@@ -209,6 +221,7 @@ class Recorder:
             uow = states.pop(self, None)
             if uow is not None:
                 self._unwatch(uow)
+                unlisten(uow, None)
             if not states:
                 del session.info[SESSION_INFO_KEY]
 
@@ -465,7 +478,7 @@ class Recorder:
 
     def after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         """Keep what the flush noted for the commit (or write it now, once ordered)."""
-        uow = self._existing(session)
+        uow = self.existing(session)
         if uow is None:
             return
         self._unwatch(uow)
@@ -492,7 +505,7 @@ class Recorder:
         if session.in_nested_transaction():
             return  # a savepoint is released, not the transaction committed
         session.flush()
-        uow = self._existing(session)
+        uow = self.existing(session)
         if uow is not None and uow.unrecorded is not None:
             raise UnrecordedWriteError(f"{uow.unrecorded}; the transaction cannot be committed")
         if uow is not None and uow.pending:
@@ -530,7 +543,7 @@ class Recorder:
         self, session: Session, previous_transaction: SessionTransaction
     ) -> None:
         """Undo the bookkeeping of what the database just rolled back."""
-        uow = self._existing(session)
+        uow = self.existing(session)
         if uow is None:
             return
         uow.preloaded.clear()
@@ -545,6 +558,18 @@ class Recorder:
         """Drop all bookkeeping when the session's outermost transaction ends."""
         if transaction.parent is None:
             self._drop(session)
+
+
+def unlisten(uow: UnitOfWork, owner: object | None) -> None:
+    """Remove the connection listeners ``owner`` put (all of them for ``None``)."""
+    kept = []
+    for connection, name, listener, by in uow.listening:
+        if owner is None or by is owner:
+            if event.contains(connection, name, listener):
+                event.remove(connection, name, listener)
+        else:
+            kept.append((connection, name, listener, by))
+    uow.listening = kept
 
 
 def flush_history_sync(session: Session) -> None:

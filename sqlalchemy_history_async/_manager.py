@@ -114,7 +114,11 @@ class VersioningManager:
         self._listen(Session, "after_transaction_create", recorder.after_transaction_create)
         self._listen(Session, "after_soft_rollback", recorder.after_soft_rollback)
         self._listen(Session, "after_transaction_end", recorder.after_transaction_end)
-        self._listen(Session, "do_orm_execute", self._bulk.do_orm_execute)
+        bulk = self._bulk
+        self._listen(Session, "do_orm_execute", bulk.do_orm_execute)
+        self._listen(Session, "after_begin", bulk.after_begin)
+        self._listen(Session, "after_transaction_create", bulk.after_transaction_create)
+        self._listen(Session, "after_transaction_end", bulk.after_transaction_end)
         self.catalog.infos[:] = [info for info in self.catalog.infos if info.live]
         for info in self.catalog.infos:
             self._listen_model(info)

@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"_context", "_options", "_order"},
     {"_info"},
     {"_revert", "_writes"},
-    {"_models", "_capture"},
+    {"_models", "_capture", "_dml"},
     {"_bulk", "_relationships", "_queries"},
     {"_build", "_feed"},
     {"_manager"},

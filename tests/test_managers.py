@@ -356,6 +356,13 @@ async def test_strict_manager_refuses_textual_writes_to_versioned_tables(
             await session.execute(sa.text("UPDATE strict_transaction SET meta = NULL WHERE 1 = 0"))
             await session.commit()
             assert await session.scalar(sa.select(Note.title)) == "b"
+            # a Core statement on the session's connection: recorded by a strict manager only
+            connection = await session.connection()
+            await connection.execute(sa.update(Note.__table__).values(title="c"))
+            await session.commit()
+            V = runtime_version_class(Note)
+            titles = (await session.scalars(sa.select(V.title).order_by(V.transaction_id))).all()
+            assert titles == (["a", "c"] if strict else ["a"])
         assert manager.options.strict is strict
     finally:
         await engine.dispose()

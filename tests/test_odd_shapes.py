@@ -479,8 +479,10 @@ def test_changed_back_across_flushes_sync(base: type[DeclarativeBase], tmp_path:
 async def test_connection_and_textual_writes_are_not_recorded_yet(
     base: type[DeclarativeBase], engine: AsyncEngine
 ) -> None:
-    """Statements sent on the session's connection and textual SQL record nothing (README,
-    usage.md "Known limitations"); statements through ``session.execute()`` are recorded.
+    """By default, statements sent on the session's connection and textual SQL record nothing
+    (README, usage.md "Known limitations"; ``strict=True`` records the first and refuses the
+    second, see test_connection_writes.py); statements through ``session.execute()`` are
+    recorded.
 
     Pins the documented limit: when these are captured, this test changes with the docs.
     """
