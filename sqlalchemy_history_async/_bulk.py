@@ -36,6 +36,7 @@ from ._capture import Recorder, UnitOfWork, pend, unlisten
 from ._context import recording
 from ._dml import (
     TEXTUAL_WRITE,
+    compared_columns,
     conflicts_on_key_only,
     differs,
     entity_of,
@@ -348,50 +349,58 @@ class BulkRecorder:
         if call.autoflush:
             call.session.flush()  # what the ORM does before the statement, so we see its rows
         entity = entity_of(stmt)
+        # An UPDATE compares (and reads) only the columns it can change; a DELETE reads every
+        # tracked column, its rows' last values.
+        columns = compared_columns(stmt, table) if stmt.is_update else None
         if call.many:
             keys = _keys_of_each(call, entity)
-            before = self._lock_keys(call, keys)
+            before = self._lock_keys(call, keys, columns)
             result = yield stmt
         else:
-            before = self._lock_rows(call)
+            before = self._lock_rows(call, columns)
             restricted = stmt
             if before and _restrictable(call.connection, table, len(before)):
                 restricted = stmt.where(keys_in(table, entity, list(before)))
             result = yield restricted
             _check_count(result, len(before), verb, name, uow)
-        self._note_changes(call, uow, before, result)
+        self._note_changes(call, uow, before, result, columns)
         return result
 
-    def _lock_rows(self, call: _Call) -> dict[Key, Row]:
-        """The rows an UPDATE / DELETE's WHERE matches, with their tracked values, locked
-        where the database can lock rows."""
+    def _lock_rows(self, call: _Call, names: tuple[str, ...] | None) -> dict[Key, Row]:
+        """The rows an UPDATE / DELETE's WHERE matches, with their tracked values (those in
+        ``names``), locked where the database can lock rows."""
         stmt: Any = call.statement
         table = call.table
         pt = table.parent_table
-        columns = [pt.c[c] for c in table.attrs.values()]
-        select = sa.select(*columns)
+        names = tuple(table.attrs.values()) if names is None else names
+        select = sa.select(*[pt.c[c] for c in names])
         entity = entity_of(stmt)
         if entity is not None:
             select = select.select_from(entity)  # the ORM adds single-table criteria
         if stmt.whereclause is not None:
             select = select.where(stmt.whereclause)
-        found: dict[Key, Row] = {}
         # On the connection, not session.execute(): the session's own do_orm_execute hooks
         # (criteria added to every query) are for the application's queries.
         connection = call.connection
         params = call.params if isinstance(call.params, Mapping) and call.params else None
         rows = connection.execute(for_update(select, connection, pt), params)
-        for row in rows.mappings():
-            values = {c.key: row[c] for c in columns}
-            found[tuple(values[c] for c in table.key_columns)] = values
-        return found
+        at = [names.index(c) for c in table.key_columns]
+        return {tuple(row[i] for i in at): dict(zip(names, row, strict=True)) for row in rows}
 
-    def _lock_keys(self, call: _Call, keys: list[Key]) -> dict[Key, Row]:
+    def _lock_keys(
+        self, call: _Call, keys: list[Key], names: tuple[str, ...] | None = None
+    ) -> dict[Key, Row]:
         """The rows with ``keys`` that exist, with their tracked values, locked."""
-        return self._recorder.writer.load_rows(call.connection, call.table, keys, lock=True)
+        writer = self._recorder.writer
+        return writer.load_rows(call.connection, call.table, keys, lock=True, columns=names)
 
     def _note_changes(
-        self, call: _Call, uow: UnitOfWork, before: dict[Key, Row], result: Any
+        self,
+        call: _Call,
+        uow: UnitOfWork,
+        before: dict[Key, Row],
+        result: Any,
+        names: tuple[str, ...] | None = None,
     ) -> None:
         if not before:
             return
@@ -411,7 +420,7 @@ class BulkRecorder:
                 if key not in remaining:
                     pend(pending, key, Operation.DELETE, row)
             return
-        after = writer.load_rows(call.connection, table, keys)
+        after = writer.load_rows(call.connection, table, keys, columns=names)
         for key, old in before.items():
             new = after.get(key)
             if new is None:

@@ -64,7 +64,7 @@ __all__ = [
 SESSION_INFO_KEY = INFO_KEY
 
 
-@dataclass
+@dataclass(slots=True)
 class _KeyState:
     existed_before: bool  # the row existed when the transaction began
     has_row: bool  # a version row for this key exists in this transaction
@@ -655,37 +655,40 @@ def _plan(uow: UnitOfWork, table: TableVersioning, changes: dict[Key, Pending]) 
     """Fold this flush's changes into the transaction's bookkeeping; return what to write."""
     seen = uow.seen.setdefault(table, {})
     plan = Plan(table)
+    steps = plan.keys
+    drop, reopen, close = steps[Step.DROP], steps[Step.REOPEN], steps[Step.CLOSE]
+    copy_insert, copy_update = steps[Step.COPY_INSERT], steps[Step.COPY_UPDATE]
+    insert, update, delete = Operation.INSERT, Operation.UPDATE, Operation.DELETE
+    rows = uow.rows
     for key, (first, op, row) in changes.items():
         ks = seen.get(key)
         if ks is None:
-            ks = seen[key] = _KeyState(existed_before=first is not Operation.INSERT, has_row=False)
-        net = (
-            None
-            if op is None  # back to what the row held when the transaction began
-            else _net_operation(ks.existed_before, exists_now=op is not Operation.DELETE)
-        )
+            ks = seen[key] = _KeyState(first is not insert, False)
+        # the net operation since the transaction began (None: back to what the row held)
+        if op is None:
+            net = None
+        elif ks.existed_before:
+            net = update if op is not delete else delete
+        else:
+            net = insert if op is not delete else None
         if ks.has_row:
-            plan.keys[Step.DROP].append(key)
+            drop.append(key)
             if net is None:
-                plan.keys[Step.REOPEN].append(key)
+                reopen.append(key)
         elif net is not None:
-            plan.keys[Step.CLOSE].append(key)
+            close.append(key)
         if net is None:
-            uow.rows -= ks.has_row
+            rows -= ks.has_row
             ks.has_row = False
             continue
-        uow.rows += not ks.has_row
+        rows += not ks.has_row
         ks.has_row = True
-        if net is Operation.DELETE:
+        if net is delete:
             assert row is not None
             plan.deleted.append(row)
+        elif net is insert:
+            copy_insert.append(key)
         else:
-            step = Step.COPY_INSERT if net is Operation.INSERT else Step.COPY_UPDATE
-            plan.keys[step].append(key)
+            copy_update.append(key)
+    uow.rows = rows
     return plan
-
-
-def _net_operation(existed_before: bool, exists_now: bool) -> Operation | None:
-    if existed_before:
-        return Operation.UPDATE if exists_now else Operation.DELETE
-    return Operation.INSERT if exists_now else None

@@ -21,6 +21,7 @@ from ._writes import Key, Row
 
 __all__ = [
     "TEXTUAL_WRITE",
+    "compared_columns",
     "conflicts_on_key_only",
     "differs",
     "entity_of",
@@ -67,10 +68,40 @@ def key_binds(where: Any, table: TableVersioning) -> list[tuple[str, Any]] | Non
     return [found[c] for c in table.key_columns]
 
 
+_PLAIN_COMPARE = sa.types.TypeEngine.compare_values
+
+
 def differs(table: TableVersioning, old: Row, new: Row) -> bool:
-    """Whether a tracked value of the row changed."""
+    """Whether a value of ``old`` (tracked values by column key) changed in ``new``."""
     columns = table.parent_table.c
-    return any(not columns[c].type.compare_values(v, new.get(c)) for c, v in old.items())
+    for name, value in old.items():
+        now = new.get(name)
+        kind = columns[name].type
+        if type(kind).compare_values is _PLAIN_COMPARE:
+            if value != now:
+                return True
+        elif not kind.compare_values(value, now):
+            return True
+    return False
+
+
+def compared_columns(stmt: Any, table: TableVersioning) -> tuple[str, ...] | None:
+    """The tracked columns (by key) an UPDATE can change: the key, the columns its SET clause
+    names, and those with an ``onupdate`` / ``server_onupdate``; ``None`` when the SET clause
+    is given per parameter set (every tracked column)."""
+    columns = _set_columns(stmt)
+    if columns is None:
+        return None
+    named = set(table.key_columns)
+    for column in columns:
+        name = _column_key(column)
+        if name is None:
+            return None
+        named |= {name, table.attrs.get(name, name)}  # an attribute name, or a column key
+    for column in table.parent_table.columns:
+        if column.onupdate is not None or column.server_onupdate is not None:
+            named.add(column.key)
+    return tuple(c for c in table.attrs.values() if c in named)
 
 
 def conflicts_on_key_only(clause: Any, table: sa.Table) -> bool:

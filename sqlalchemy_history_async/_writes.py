@@ -10,13 +10,15 @@ chained data-modifying CTEs built from the same step statements (one round trip 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
 from ._context import TransactionContext
@@ -25,6 +27,7 @@ from ._schema import Operation, copy_late_types
 
 __all__ = [
     "STEP_ORDER",
+    "Binding",
     "Key",
     "Plan",
     "Row",
@@ -34,11 +37,57 @@ __all__ = [
     "for_update",
 ]
 
-#: Keys per statement: keeps every backend's bound-parameter limit out of reach.
+#: Keys per statement when each key is a bound parameter of its own: keeps every backend's
+#: bound-parameter limit out of reach.
 CHUNK = 1000
+
+#: Up to this many keys, a parameter per key (rather than one for all) costs less.
+FEW = 16
 
 Key = tuple[Any, ...]
 Row = dict[str, Any]
+
+
+class Binding(enum.Enum):
+    """How a statement receives its set of keys."""
+
+    #: ``key IN (:k_1, :k_2, ...)``: a parameter per key, in chunks of :data:`CHUNK` keys
+    EXPANDING = "expanding"
+    #: ``key = ANY(:keys)``: one array parameter, however many keys (PostgreSQL)
+    ARRAY = "array"
+    #: ``key IN (SELECT value FROM json_each(:keys))``: one JSON parameter (SQLite)
+    JSON = "json"
+
+    @classmethod
+    def of(cls, dialect: Dialect, table: TableVersioning, count: int) -> Binding:
+        """The binding for ``count`` keys of ``table`` on ``dialect``: one parameter for many
+        keys of one integer or string column, a parameter per key otherwise (cheaper for a
+        few keys)."""
+        if count <= FEW or len(table.key_columns) != 1:
+            return cls.EXPANDING
+        column = table.parent_table.c[table.key_columns[0]]
+        if not isinstance(column.type, sa.Integer | sa.String):
+            return cls.EXPANDING
+        if dialect.name == "postgresql":
+            return cls.ARRAY
+        if dialect.name == "sqlite" and column.type.bind_processor(dialect) is None:
+            return cls.JSON
+        return cls.EXPANDING
+
+    def chunks(self, keys: Sequence[Key]) -> Iterator[Sequence[Key]]:
+        """``keys`` in as few statements as the binding allows."""
+        size = CHUNK if self is Binding.EXPANDING else max(len(keys), 1)
+        for start in range(0, len(keys), size):
+            yield keys[start : start + size]
+
+    def values(self, table: TableVersioning, keys: Sequence[Key]) -> Any:
+        """The parameter value that binds ``keys``."""
+        if self is Binding.EXPANDING:
+            return _bind_keys(keys)
+        column = table.parent_table.c[table.key_columns[0]]
+        convert = int if isinstance(column.type, sa.Integer) else str
+        values = [convert(k[0]) for k in keys]
+        return json.dumps(values) if self is Binding.JSON else values
 
 
 class Step(enum.Enum):
@@ -92,10 +141,16 @@ class Plan:
             if self.keys[step]:
                 yield step, self.keys[step]
 
-    @property
-    def combinable(self) -> bool:
-        """Whether it fits in one combined statement (keys within one chunk, no deletes)."""
-        return not self.deleted and all(len(keys) <= CHUNK for keys in self.keys.values())
+    def combinable(self, dialect: Dialect) -> bool:
+        """Whether it fits in one combined statement (each step's keys bound as one parameter
+        or within one chunk, no deleted rows)."""
+        if self.deleted:
+            return False
+        return all(
+            len(keys) <= CHUNK
+            or Binding.of(dialect, self.table, len(keys)) is not Binding.EXPANDING
+            for keys in self.keys.values()
+        )
 
 
 @dataclass(frozen=True)
@@ -110,16 +165,18 @@ class TableStatements:
 
 
 #: A combined statement's shape: a new transaction row or not, and its (table, step) list;
-#: with each table's revision, so a table that gained columns gets a new statement.
-Shape = tuple[bool, tuple[tuple[TableVersioning, Step], ...], tuple[int, ...]]
+#: with each table's revision, so a table that gained columns gets a new statement, and how
+#: each step's keys are bound.
+Shape = tuple[bool, tuple[tuple[TableVersioning, Step], ...], tuple[int, ...], tuple[Binding, ...]]
 
 
 class Writer:
     """The history statements of one manager's tables, built once, and the driver."""
 
     def __init__(self) -> None:
-        self._tables: dict[TableVersioning, tuple[int, TableStatements]] = {}
+        self._tables: dict[tuple[TableVersioning, Binding], tuple[int, TableStatements]] = {}
         self._combined: dict[Shape, sa.Select[Any]] = {}
+        self._loads: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
     def write(
         self,
@@ -135,7 +192,8 @@ class Writer:
         """
         first = plans[0].table
         connection = session.connection(bind_arguments={"clause": first.parent_table})
-        if connection.dialect.name == "postgresql" and all(p.combinable for p in plans):
+        dialect = connection.dialect
+        if dialect.name == "postgresql" and all(p.combinable(dialect) for p in plans):
             return self._write_combined(connection, transaction_id, plans, context)
         for plan in plans:
             connection = session.connection(bind_arguments={"clause": plan.table.parent_table})
@@ -170,33 +228,57 @@ class Writer:
         table: TableVersioning,
         keys: Sequence[Key],
         lock: bool = False,
+        columns: tuple[str, ...] | None = None,
     ) -> dict[Key, Row]:
-        """Current rows of ``table``'s parent table for ``keys``, by column key (``lock``:
-        locked until the transaction ends, see :func:`for_update`)."""
-        out: dict[Key, Row] = {}
-        stmt = self.statements(table).load
+        """Current rows of ``table``'s parent table for ``keys``, by column key: every tracked
+        column, or ``columns`` (which include the key); ``lock``: locked until the transaction
+        ends, see :func:`for_update`."""
+        binding = Binding.of(connection.dialect, table, len(keys))
+        names = tuple(table.attrs.values()) if columns is None else columns
+        stmt = self._load(table, binding, names)
         if lock:
             stmt = for_update(stmt, connection, table.parent_table)
-        for start in range(0, len(keys), CHUNK):
-            chunk = _bind_keys(keys[start : start + CHUNK])
-            for row in connection.execute(stmt, {"_keys": chunk}).mappings():
-                out[tuple(row[c] for c in table.key_columns)] = dict(row)
+        at = [names.index(c) for c in table.key_columns]
+        out: dict[Key, Row] = {}
+        for chunk in binding.chunks(keys):
+            values = binding.values(table, chunk)
+            for row in connection.execute(stmt, {"_keys": values}):
+                out[tuple(row[i] for i in at)] = dict(zip(names, row, strict=True))
         return out
 
-    def statements(self, table: TableVersioning) -> TableStatements:
-        """The statements of ``table`` (built on first use)."""
-        cached = self._tables.get(table)
+    def _load(
+        self, table: TableVersioning, binding: Binding, names: tuple[str, ...]
+    ) -> sa.Select[Any]:
+        if names == tuple(table.attrs.values()):
+            return self.statements(table, binding).load
+        shape = (table, binding, names, table.revision)
+        stmt = self._loads.get(shape)
+        if stmt is None:
+            pt = table.parent_table
+            stmt = sa.select(*[pt.c[c] for c in names]).where(_keys_in(table, pt, binding, "_keys"))
+            self._loads[shape] = stmt
+        return stmt
+
+    def statements(
+        self, table: TableVersioning, binding: Binding = Binding.EXPANDING
+    ) -> TableStatements:
+        """The statements of ``table`` with its keys bound by ``binding`` (built on first
+        use)."""
+        cached = self._tables.get((table, binding))
         if cached is None or cached[0] != table.revision:
-            cached = self._tables[table] = (table.revision, _table_statements(table))
+            built = _table_statements(table, binding)
+            cached = self._tables[(table, binding)] = (table.revision, built)
         return cached[1]
 
     def _write_one(self, connection: Connection, tx: int | None, plan: Plan) -> None:
         """Run a plan as one statement per step (executemany for deleted rows)."""
-        statements = self.statements(plan.table)
+        table = plan.table
         for step, keys in plan.steps():
-            for start in range(0, len(keys), CHUNK):
-                chunk = _bind_keys(keys[start : start + CHUNK])
-                connection.execute(statements.steps[step], {"_tx": tx, "_keys": chunk})
+            binding = Binding.of(connection.dialect, table, len(keys))
+            statements = self.statements(table, binding)
+            for chunk in binding.chunks(keys):
+                values = binding.values(table, chunk)
+                connection.execute(statements.steps[step], {"_tx": tx, "_keys": values})
         if plan.deleted:
             for row in plan.deleted:
                 row["transaction_id"] = tx
@@ -219,13 +301,17 @@ class Writer:
         new_transaction = transaction_id is None and any(p.writes for p in plans)
         steps: list[tuple[TableVersioning, Step]] = []
         params: dict[str, Any] = {}
+        bindings: list[Binding] = []
         for plan in plans:
             for step, keys in plan.steps():
-                params[f"_k{len(steps)}"] = _bind_keys(keys)
+                binding = Binding.of(connection.dialect, plan.table, len(keys))
+                params[f"_k{len(steps)}"] = binding.values(plan.table, keys)
                 steps.append((plan.table, step))
+                bindings.append(binding)
         if not steps:
             return transaction_id
-        shape: Shape = (new_transaction, tuple(steps), tuple(t.revision for t, _ in steps))
+        revisions = tuple(t.revision for t, _ in steps)
+        shape: Shape = (new_transaction, tuple(steps), revisions, tuple(bindings))
         stmt = self._combined.get(shape)
         if stmt is None:
             stmt = self._combined[shape] = _combined_statement(plans[0].table, shape)
@@ -249,53 +335,59 @@ def for_update(select: sa.Select[Any], connection: Connection, table: sa.Table) 
 def _step_statement(
     table: TableVersioning,
     step: Step,
-    keys: Any,
+    binding: Binding,
+    name: str,
     tx: Any,
     after: sa.ColumnElement[bool] | None = None,
 ) -> sa.Insert | sa.Update | sa.Delete:
-    """The statement of ``step`` for ``keys`` of ``table``, recording transaction ``tx``.
+    """The statement of ``step`` for the keys of ``table`` bound as parameter ``name``,
+    recording transaction ``tx``.
 
     ``after`` is an extra condition (the combined statement's ordering between CTEs).
     """
     vt, pt = table.version_table, table.parent_table
+
+    def keys_in(t: sa.Table) -> sa.ColumnElement[bool]:
+        return _keys_in(table, t, binding, name)
+
     extra = [] if after is None else [after]
     op = step.operation
     if op is not None:
         cols = list(table.attrs.values())
         source = sa.select(
             *[pt.c[c] for c in cols], tx, sa.literal_column(str(int(op)), sa.SmallInteger)
-        ).where(_keys_in(table, pt, keys), *extra)
+        ).where(keys_in(pt), *extra)
         return sa.insert(vt).from_select([*cols, "transaction_id", "operation_type"], source)
     if step is Step.DROP:
-        return sa.delete(vt).where(_keys_in(table, vt, keys), vt.c.transaction_id == tx, *extra)
+        return sa.delete(vt).where(keys_in(vt), vt.c.transaction_id == tx, *extra)
     if step is Step.REOPEN:
         return (
             sa.update(vt)
-            .where(_keys_in(table, vt, keys), vt.c.end_transaction_id == tx, *extra)
+            .where(keys_in(vt), vt.c.end_transaction_id == tx, *extra)
             .values(end_transaction_id=None)
         )
     assert step is Step.CLOSE, step
     return (
         sa.update(vt)
-        .where(_keys_in(table, vt, keys), vt.c.end_transaction_id.is_(None), *extra)
+        .where(keys_in(vt), vt.c.end_transaction_id.is_(None), *extra)
         .values(end_transaction_id=tx)
     )
 
 
-def _table_statements(table: TableVersioning) -> TableStatements:
+def _table_statements(table: TableVersioning, binding: Binding) -> TableStatements:
     pt = table.parent_table
     copy_late_types(pt, table.version_table)
-    keys: Any = sa.bindparam("_keys", expanding=True)
     tx = sa.bindparam("_tx", type_=table.version_table.c.transaction_id.type)
+    load = sa.select(*[pt.c[c] for c in table.attrs.values()])
     return TableStatements(
-        steps={step: _step_statement(table, step, keys, tx) for step in STEP_ORDER},
-        load=sa.select(*[pt.c[c] for c in table.attrs.values()]).where(_keys_in(table, pt, keys)),
+        steps={step: _step_statement(table, step, binding, "_keys", tx) for step in STEP_ORDER},
+        load=load.where(_keys_in(table, pt, binding, "_keys")),
         insert_deleted=sa.insert(table.version_table),
     )
 
 
 def _combined_statement(first: TableVersioning, shape: Shape) -> sa.Select[Any]:
-    new_transaction, steps, _ = shape
+    new_transaction, steps, _, bindings = shape
     transactions = first.transaction_table
     ctes: list[Any] = []
     tx: Any
@@ -313,7 +405,7 @@ def _combined_statement(first: TableVersioning, shape: Shape) -> sa.Select[Any]:
     for i, (table, step) in enumerate(steps):
         copy_late_types(table.parent_table, table.version_table)
         after = _after(ctes[-1]) if ctes else None
-        stmt = _step_statement(table, step, sa.bindparam(f"_k{i}", expanding=True), tx, after)
+        stmt = _step_statement(table, step, bindings[i], f"_k{i}", tx, after)
         ctes.append(stmt.returning(sa.literal_column("1")).cte(f"history_{i}"))
     final = sa.select(ctes[0].c.id) if new_transaction else sa.select(sa.literal_column("1"))
     return final.add_cte(*ctes)
@@ -328,10 +420,19 @@ def _bind_keys(keys: Sequence[Key]) -> list[Any]:
     return [k[0] for k in keys] if len(keys[0]) == 1 else list(keys)
 
 
-def _keys_in(table: TableVersioning, t: sa.Table, keys: Any) -> sa.ColumnElement[bool]:
+def _keys_in(
+    table: TableVersioning, t: sa.Table, binding: Binding, name: str
+) -> sa.ColumnElement[bool]:
+    """``t``'s key columns are among the keys bound as parameter ``name``."""
     cols = [t.c[k] for k in table.key_columns]
+    if binding is Binding.ARRAY:
+        array = sa.bindparam(name, type_=postgresql.ARRAY(cols[0].type))
+        return cols[0] == sa.any_(array)
+    if binding is Binding.JSON:
+        each = sa.func.json_each(sa.bindparam(name, type_=sa.String)).table_valued("value")
+        return cols[0].in_(sa.select(each.c.value))
     target = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
-    return target.in_(keys)
+    return target.in_(sa.bindparam(name, expanding=True))
 
 
 #: The columns a new transaction row is given values for.
