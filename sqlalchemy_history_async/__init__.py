@@ -7,8 +7,11 @@ Coroutines have the plain name (``version_at``, ``changes_in``, ``stream_changes
 
 from ._capture import flush_history, flush_history_sync
 from ._context import (
+    RequestContext,
     TransactionContext,
     current_context,
+    request_context,
+    set_actor,
     versioning_context,
     versioning_disabled,
 )
@@ -47,6 +50,7 @@ __all__ = [
     "Operation",
     "OperationType",
     "PointInHistory",
+    "RequestContext",
     "RevertError",
     "Transaction",
     "TransactionContext",
@@ -64,10 +68,12 @@ __all__ = [
     "make_versioned",
     "parent_class",
     "remove_versioning",
+    "request_context",
     "select_as_of",
     "select_changed",
     "select_changes",
     "select_version_at",
+    "set_actor",
     "stream_changes",
     "stream_changes_sync",
     "transaction_class",

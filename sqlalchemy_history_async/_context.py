@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._exceptions import ConfigurationError
 from ._schema import REMOTE_ADDR_LENGTH
 
 __all__ = [
+    "RequestContext",
     "TransactionContext",
     "current_context",
     "recording",
+    "request_context",
+    "set_actor",
     "versioning_context",
     "versioning_disabled",
 ]
@@ -79,9 +83,89 @@ def versioning_disabled() -> Iterator[None]:
         _disabled.reset(token)
 
 
+class RequestContext:
+    """The context of one request (or job): set by :func:`request_context`, filled in by
+    :func:`set_actor` while the request runs, read by every transaction it commits."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: TransactionContext) -> None:
+        #: the values recorded so far
+        self.context = context
+
+    def update(self, user_id: Any = None, remote_addr: str | None = None, **meta: Any) -> None:
+        """Record ``user_id``, ``remote_addr`` and ``meta`` from now on (``None``: keep)."""
+        _validate(remote_addr, meta)
+        self.context = _merged(self.context, user_id, remote_addr, meta)
+
+
+_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "sqlalchemy_history_async_request", default=None
+)
+
+
+@contextmanager
+def request_context(
+    user_id: Any = None, remote_addr: str | None = None, **meta: Any
+) -> Iterator[RequestContext]:
+    """Open the context of a request (or job) that :func:`set_actor` fills in later.
+
+    Unlike :func:`versioning_context`, values set with :func:`set_actor` inside stay in force
+    until this block ends, whatever was entered and left in between: a web framework's
+    dependency that sets the actor and exits before the session's dependency commits (at its
+    teardown) still has its actor recorded. ``HistoryContextMiddleware``
+    (``sqlalchemy_history_async.fastapi``) opens one per HTTP request. Values of an enclosing
+    or enclosed :func:`versioning_context` take precedence over these.
+    """
+    _validate(remote_addr, meta)
+    holder = RequestContext(_merged(_EMPTY, user_id, remote_addr, meta))
+    token = _request.set(holder)
+    try:
+        yield holder
+    finally:
+        _request.reset(token)
+
+
+def set_actor(user_id: Any = None, remote_addr: str | None = None, **meta: Any) -> None:
+    """Record ``user_id`` (and ``remote_addr``, ``meta``) for the rest of the running
+    :func:`request_context`: every transaction that first writes history after this call
+    records them.
+
+    Raises :class:`~sqlalchemy_history_async.ConfigurationError` outside a
+    :func:`request_context` (nothing would be recorded otherwise: an actor never silently goes
+    missing).
+    """
+    holder = _request.get()
+    if holder is None:
+        raise ConfigurationError(
+            "set_actor() is called outside a request_context(): the actor would not be "
+            "recorded; add HistoryContextMiddleware to the application (FastAPI / Starlette), "
+            "open request_context() around the request, or use versioning_context()"
+        )
+    holder.update(user_id, remote_addr, **meta)
+
+
 def current_context() -> TransactionContext:
-    """Return the context in force for the running task (empty when none was set)."""
-    return _current.get()
+    """Return the context in force for the running task (empty when none was set): the
+    innermost :func:`versioning_context` over the :func:`request_context`, if any."""
+    ctx = _current.get()
+    holder = _request.get()
+    if holder is None:
+        return ctx
+    if ctx is _EMPTY:
+        return holder.context
+    return _merged(holder.context, ctx.user_id, ctx.remote_addr, ctx.meta)
+
+
+def _merged(
+    outer: TransactionContext, user_id: Any, remote_addr: str | None, meta: Mapping[str, Any]
+) -> TransactionContext:
+    """``outer`` with the values given (``None``: not given) and ``meta`` merged over its."""
+    return TransactionContext(
+        user_id=outer.user_id if user_id is None else user_id,
+        remote_addr=outer.remote_addr if remote_addr is None else remote_addr,
+        meta=MappingProxyType({**outer.meta, **meta}),
+    )
 
 
 @contextmanager
@@ -99,12 +183,7 @@ def versioning_context(
             await session.commit()
     """
     _validate(remote_addr, meta)
-    outer = _current.get()
-    merged = TransactionContext(
-        user_id=outer.user_id if user_id is None else user_id,
-        remote_addr=outer.remote_addr if remote_addr is None else remote_addr,
-        meta=MappingProxyType({**outer.meta, **meta}),
-    )
+    merged = _merged(_current.get(), user_id, remote_addr, meta)
     token = _current.set(merged)
     try:
         yield merged

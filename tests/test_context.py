@@ -8,14 +8,20 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from sqlalchemy_history_async import (
+    ConfigurationError,
+    RequestContext,
     TransactionContext,
     current_context,
+    request_context,
+    set_actor,
     transaction_class,
     versioning_context,
 )
 
+from .conftest import Run
 from .models import Models
 
 
@@ -255,3 +261,60 @@ async def test_concurrent_sessions_record_their_own_context(
         1: (1, "10.0.0.1", {"worker": 1}),
         2: (2, "10.0.0.2", {"worker": 2}),
     }
+
+
+# --- request_context() and set_actor() ---------------------------------------------------------
+
+
+def test_actor_set_inside_a_request_context_stays_until_it_ends() -> None:
+    with request_context(remote_addr="10.0.0.9", source="api") as request:
+        assert isinstance(request, RequestContext)
+        assert snapshot() == (None, "10.0.0.9", {"source": "api"})
+        with versioning_context(reason="inner"):
+            set_actor(user_id=5)  # set inside a scope that ends right after...
+        assert snapshot() == (5, "10.0.0.9", {"source": "api"})  # ...and still in force
+        with versioning_context(user_id=6, reason="override"):
+            assert snapshot() == (6, "10.0.0.9", {"source": "api", "reason": "override"})
+        set_actor(remote_addr="10.0.0.10", step=2)
+        assert snapshot() == (5, "10.0.0.10", {"source": "api", "step": 2})
+    assert snapshot() == EMPTY
+
+
+def test_set_actor_outside_a_request_context_fails_loudly() -> None:
+    with pytest.raises(ConfigurationError, match=r"outside a request_context\(\)"):
+        set_actor(user_id=1)
+    with pytest.raises(TypeError, match="remote_addr"), request_context(remote_addr=5):  # type: ignore[arg-type]
+        pass
+    with request_context(), pytest.raises(TypeError, match="stored as JSON"):
+        set_actor(when=object())
+
+
+async def test_request_contexts_of_concurrent_tasks_stay_apart() -> None:
+    async def request(user: int) -> tuple[Any, ...]:
+        with request_context(remote_addr=f"10.0.0.{user}"):
+            await asyncio.sleep(0)
+            set_actor(user_id=user)
+            await asyncio.sleep(0.01)
+            return snapshot()
+
+    results = await asyncio.gather(*(request(i) for i in range(1, 6)))
+    assert results == [(i, f"10.0.0.{i}", {}) for i in range(1, 6)]
+
+
+async def test_actor_set_by_a_finished_step_is_recorded_at_commit(models: Models, run: Run) -> None:
+    """The web framework pattern: a dependency sets the actor and is done before the session's
+    dependency commits; the actor is recorded."""
+
+    def behaviour(session: Session) -> None:
+        session.add(models.User(id=3, name="three"))
+        session.commit()
+        with request_context(remote_addr="192.0.2.9", source="api"):
+            with versioning_context():
+                set_actor(user_id=3)  # the actor dependency, over before the commit below
+            session.add(models.Article(title="a"))
+            session.commit()
+        Tx = transaction_class(models.Article)
+        [tx] = session.scalars(sa.select(Tx)).all()
+        assert stamp(tx) == (3, "192.0.2.9", {"source": "api"})
+
+    await run(behaviour)

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"_bulk", "_relationships", "_queries"},
     {"_build", "_feed"},
     {"_manager"},
-    {"__init__"},
+    {"__init__", "fastapi"},
 ]
 # The mypy plugin is loaded by mypy only; nothing in the package imports it.
 STANDALONE = {"mypy"}
