@@ -38,6 +38,7 @@ __all__ = [
     "json_patch",
     "model_info",
     "model_infos",
+    "pk_values",
     "select_as_of",
     "select_changed",
     "select_version_at",
@@ -100,7 +101,7 @@ def select_version_at(
     info = model_info(model)
     V = info.version_class
     return select_as_of(model, at).where(
-        *[getattr(V, attr) == value for attr, value in _pk_values(info, pk).items()]
+        *[getattr(V, attr) == value for attr, value in pk_values(info, pk).items()]
     )
 
 
@@ -230,7 +231,8 @@ def model_infos(classes: Iterable[type[Any]] | None) -> Sequence[VersionInfo]:
     return infos
 
 
-def _pk_values(info: VersionInfo, pk: Any) -> dict[str, Any]:
+def pk_values(info: VersionInfo, pk: Any) -> dict[str, Any]:
+    """A primary key given as a value, a tuple or a dict, by attribute name."""
     if isinstance(pk, dict):
         if set(pk) != set(info.pk_attrs):
             raise VersioningError(
