@@ -31,10 +31,10 @@ from ._schema import (
     version_table_name,
 )
 
-__all__ = ["Builder"]
+__all__ = ["Builder", "UserIdString"]
 
 
-class _UserIdString(sa.types.TypeDecorator[str]):
+class UserIdString(sa.types.TypeDecorator[str]):
     """Default ``transaction.user_id`` type: any id is stored as its string form."""
 
     impl = sa.String(255)
@@ -345,7 +345,7 @@ class Builder:
         table = build_transaction_table(
             metadata,
             user_id_column=user_column,
-            user_id_type=self.options.user_id_type or _UserIdString(),
+            user_id_type=self.options.user_id_type or UserIdString(),
             name=name,
             schema=schema,
         )

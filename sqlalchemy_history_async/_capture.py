@@ -45,7 +45,7 @@ from sqlalchemy.orm.base import NEVER_SET, NO_VALUE, PASSIVE_NO_INITIALIZE, inst
 from ._context import TransactionContext, current_context, recording
 from ._exceptions import ConfigurationError, UnrecordedWriteError
 from ._info import Catalog, TableVersioning, VersionInfo
-from ._order import take_commit_lock
+from ._order import CommitLocks
 from ._schema import INFO_KEY, Operation
 from ._sqlite import begin_before_savepoint
 from ._writes import Key, Plan, Row, Step, Writer
@@ -199,6 +199,7 @@ class Recorder:
         self.rank = next(_RANKS)
         self._catalog = catalog
         self._recordable: set[type[Any]] = set()  # classes that passed _check_versioned
+        self._locks = CommitLocks()
 
     # --- per-session state ------------------------------------------------------------------
 
@@ -517,7 +518,7 @@ class Recorder:
         if not uow.ordered:
             table = next(iter(uow.pending))
             connection = session.connection(bind_arguments={"clause": table.parent_table})
-            take_commit_lock(connection, table.transaction_table)
+            self._locks.take(connection, table.transaction_table)
             uow.ordered = True
         self._write(session, uow)
 

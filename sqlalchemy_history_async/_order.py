@@ -27,11 +27,9 @@ from sqlalchemy.engine import Connection
 
 from ._schema import INFO_KEY, identifier
 
-__all__ = ["LOCK_TABLE_SUFFIX", "build_lock_table", "lock_table_of", "take_commit_lock"]
+__all__ = ["LOCK_TABLE_SUFFIX", "CommitLocks", "build_lock_table", "lock_table_of"]
 
 LOCK_TABLE_SUFFIX = "_lock"
-_LOCK_INFO_KEY = INFO_KEY + ".lock_table"
-_STATEMENTS_INFO_KEY = INFO_KEY + ".lock_statements"
 #: The first half of every advisory lock key of the library (the second is the table's).
 _ADVISORY_CLASS = int.from_bytes(
     hashlib.blake2b(INFO_KEY.encode(), digest_size=4).digest(), "big", signed=True
@@ -41,21 +39,25 @@ _ADVISORY_CLASS = int.from_bytes(
 def build_lock_table(transactions: sa.Table) -> sa.Table:
     """The one-row table whose row lock orders commits on MariaDB/MySQL (created everywhere,
     so every database has the same tables; PostgreSQL and SQLite leave it empty)."""
-    table = sa.Table(
-        identifier(transactions.name + LOCK_TABLE_SUFFIX),
+    return sa.Table(
+        _lock_table_name(transactions),
         transactions.metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         schema=transactions.schema,
         comment=f"commit-order lock of {transactions.name} (one row, MariaDB/MySQL)",
     )
-    transactions.info[_LOCK_INFO_KEY] = table
-    return table
 
 
 def lock_table_of(transactions: sa.Table) -> sa.Table:
-    """The lock table built for ``transactions``."""
-    table: sa.Table = transactions.info[_LOCK_INFO_KEY]
-    return table
+    """The lock table built for ``transactions`` (found by name in its MetaData: nothing is
+    kept in ``Table.info``, which Alembic writes into migrations)."""
+    name = _lock_table_name(transactions)
+    key = name if transactions.schema is None else f"{transactions.schema}.{name}"
+    return transactions.metadata.tables[key]
+
+
+def _lock_table_name(transactions: sa.Table) -> str:
+    return identifier(transactions.name + LOCK_TABLE_SUFFIX)
 
 
 def _advisory_key(transactions: sa.Table) -> int:
@@ -74,19 +76,25 @@ def _lock_statement(dialect: str, transactions: sa.Table) -> sa.Executable | Non
     return None
 
 
-def take_commit_lock(connection: Connection, transactions: sa.Table) -> None:
-    """Take the commit-order lock of ``transactions`` for the rest of the transaction.
+class CommitLocks:
+    """Takes the commit-order lock of transaction tables, with statements built once per
+    table and dialect (one per manager, whose recorder holds it)."""
 
-    Taking it again in the same transaction is harmless. Dialects other than PostgreSQL,
-    MariaDB/MySQL and SQLite take no lock: there, ids follow the order in which transactions
-    write their history, which is commit order only if their commits do not race.
-    """
-    dialect = connection.dialect.name
-    statements: dict[str, sa.Executable | None] = transactions.info.setdefault(
-        _STATEMENTS_INFO_KEY, {}
-    )
-    if dialect not in statements:
-        statements[dialect] = _lock_statement(dialect, transactions)
-    statement = statements[dialect]
-    if statement is not None:
-        connection.execute(statement)
+    def __init__(self) -> None:
+        self._statements: dict[tuple[sa.Table, str], sa.Executable | None] = {}
+
+    def take(self, connection: Connection, transactions: sa.Table) -> None:
+        """Take the commit-order lock of ``transactions`` for the rest of the transaction.
+
+        Taking it again in the same transaction is harmless. Dialects other than PostgreSQL,
+        MariaDB/MySQL and SQLite take no lock: there, ids follow the order in which
+        transactions write their history, which is commit order only if their commits do not
+        race.
+        """
+        dialect = connection.dialect.name
+        key = (transactions, dialect)
+        if key not in self._statements:
+            self._statements[key] = _lock_statement(dialect, transactions)
+        statement = self._statements[key]
+        if statement is not None:
+            connection.execute(statement)
