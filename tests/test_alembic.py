@@ -140,6 +140,25 @@ def test_round_trip_with_a_new_column(project: Path, database: sa.Engine) -> Non
     assert {"article", "article_version", "transaction", "transaction_lock"} <= tables
     alembic(project, "check")  # the database matches the models: nothing left to generate
 
+    # Rows written before versioning (here by a connection no session owns) get their
+    # baseline version from a hand-written migration.
+    with database.begin() as connection:
+        connection.execute(sa.text("INSERT INTO article (id, title) VALUES (1, 'old'), (2, 'x')"))
+    alembic(project, "revision", "-m", "baseline")
+    [adopt] = (project / "migrations" / "versions").glob("*_baseline.py")
+    body = "    import models\n    from sqlalchemy_history_async import baseline_sync\n\n"
+    body += "    baseline_sync(op.get_bind(), models.Article, batch_size=1)\n"
+    text = adopt.read_text()
+    upgrade = text.index("def upgrade()")
+    at = text.index("    pass\n", upgrade)
+    adopt.write_text(text[:at] + body + text[at + len("    pass\n") :])
+    alembic(project, "upgrade", "head")
+    with database.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT id, title, operation_type FROM article_version ORDER BY id")
+        )
+        assert [tuple(r) for r in rows] == [(1, "old", 0), (2, "x", 0)]
+
     alembic(project, "revision", "--autogenerate", "-m", "priority", priority=True)
     [added] = (project / "migrations" / "versions").glob("*_priority.py")
     assert "priority" in added.read_text()

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"_revert", "_writes"},
     {"_models", "_capture", "_dml"},
     {"_bulk", "_relationships", "_queries"},
-    {"_build", "_feed"},
+    {"_baseline", "_build", "_feed"},
     {"_manager"},
     {"__init__", "alembic", "fastapi", "testing"},
 ]
