@@ -40,11 +40,13 @@ class Change(NamedTuple):
     meta: dict[str, Any] | None
     #: the key as JSON text; orders the rows of one transaction and table
     key_text: str
+    #: the transaction's ``remote_addr``
+    remote_addr: str | None
 
 
 #: The change feed's select: the columns of :class:`Change`, in order.
 FeedSelect = sa.Select[
-    str, dict[str, Any], Operation, int, datetime, Any, dict[str, Any] | None, str
+    str, dict[str, Any], Operation, int, datetime, Any, dict[str, Any] | None, str, str | None
 ]
 
 
@@ -100,8 +102,8 @@ def select_changes(
     per table). Rows have ``table`` (the model's table name, schema-qualified when it has
     one), ``primary_key`` (a dict by attribute name, with JSON values: a UUID is a string;
     :func:`version_at` accepts it as it is), ``operation``, ``transaction_id``,
-    ``issued_at``, ``user_id``, ``meta`` and ``key_text`` (the key as JSON text, which
-    orders the rows of one transaction and table), ordered by
+    ``issued_at``, ``user_id``, ``meta``, ``key_text`` (the key as JSON text, which
+    orders the rows of one transaction and table) and ``remote_addr``, ordered by
     ``(transaction_id, table, key_text)``. ``since``/``until`` are inclusive. ``classes``
     defaults to every model versioned by ``make_versioned()``.
     """
@@ -143,6 +145,7 @@ def select_changes(
             transactions.c.user_id,
             transactions.c.meta,
             feed.c.key_text,
+            transactions.c.remote_addr,
         )
         .join_from(feed, transactions, transactions.c.id == feed.c.transaction_id)
         .order_by(feed.c.transaction_id, feed.c.table, feed.c.key_text)

@@ -145,7 +145,8 @@ async def test_select_changes_feed(models: Models, session: AsyncSession) -> Non
         (t4, "tagging", {"article_id": h["a"], "tag": "news"}, Operation.INSERT),
     ]
     edit = rows[2]
-    assert (edit.user_id, edit.meta) == (2, {"reason": "edit"})
+    assert (edit.user_id, edit.meta, edit.remote_addr) == (2, {"reason": "edit"}, "10.0.0.2")
+    assert rows[0].remote_addr is None
     assert edit.issued_at == h["txs"][1].issued_at
 
 
