@@ -99,13 +99,16 @@ def select_changes(
     """The unified change feed over all version tables (one ``UNION ALL``).
 
     ``classes`` selects the version tables read (a model of a joined-table hierarchy has one
-    per table). Rows have ``table`` (the model's table name, schema-qualified when it has
-    one), ``primary_key`` (a dict by attribute name, with JSON values: a UUID is a string;
-    :func:`version_at` accepts it as it is), ``operation``, ``transaction_id``,
-    ``issued_at``, ``user_id``, ``meta``, ``key_text`` (the key as JSON text, which
-    orders the rows of one transaction and table) and ``remote_addr``, ordered by
-    ``(transaction_id, table, key_text)``. ``since``/``until`` are inclusive. ``classes``
-    defaults to every model versioned by ``make_versioned()``.
+    per table), and the versioned many-to-many association tables of their relationships:
+    a link added or removed is a row of its own (``table`` is the association table,
+    ``primary_key`` the link's columns, ``operation`` INSERT or DELETE). Rows have
+    ``table`` (the model's table name, schema-qualified when it has one), ``primary_key``
+    (a dict by attribute name, with JSON values: a UUID is a string; :func:`version_at`
+    accepts it as it is), ``operation``, ``transaction_id``, ``issued_at``, ``user_id``,
+    ``meta``, ``key_text`` (the key as JSON text, which orders the rows of one transaction
+    and table) and ``remote_addr``, ordered by ``(transaction_id, table, key_text)``.
+    ``since``/``until`` are inclusive. ``classes`` defaults to every model versioned by
+    ``make_versioned()``.
     """
     infos = model_infos(classes)
     transactions = infos[0].tables[0].transaction_table
@@ -113,6 +116,8 @@ def select_changes(
     lower = None if since is None else as_transaction_id(since, transactions, upper=False)
     upper = None if until is None else as_transaction_id(until, transactions, upper=True)
     tables = dict.fromkeys(table for info in infos for table in info.tables)
+    for info in infos:  # the many-to-many links of the classes read, as rows of their own
+        tables.update(dict.fromkeys(link.table for link in info.links))
     branches = []
     for table in sorted(tables, key=lambda t: t.parent_table.name):
         vt = table.version_table

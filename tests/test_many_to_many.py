@@ -16,7 +16,7 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import Operation
+from sqlalchemy_history_async import Operation, select_changes
 
 from .conftest import Run, StatementLog, versioned_models
 from .models import runtime_version_class
@@ -234,3 +234,25 @@ async def test_revert_restores_links(models: Catalog, session: AsyncSession) -> 
     await session.commit()
     assert sorted(t.name for t in await a.awaitable_attrs.tags) == ["x", "y"]  # y re-created
     assert await session.get(models.Tag, y.id) is not None
+
+
+async def test_link_changes_are_in_the_change_feed(models: Catalog, run: Run) -> None:
+    def behaviour(session: Session) -> None:
+        tag = models.Tag(id=1, name="news")
+        article = models.Article(id=1, title="a", tags=[tag])
+        session.add(article)
+        session.commit()
+        article.tags.clear()
+        session.commit()
+        rows = session.execute(select_changes(classes=[models.Article])).all()
+        assert [(r.table, r.primary_key, r.operation) for r in rows] == [
+            ("article", {"id": 1}, Operation.INSERT),
+            ("article_tag", {"article_id": 1, "tag_id": 1}, Operation.INSERT),
+            ("article", {"id": 1}, Operation.UPDATE),  # track_relationships: the owner too
+            ("article_tag", {"article_id": 1, "tag_id": 1}, Operation.DELETE),
+        ]
+        # the links of the classes read only: Shelf's are not Article's business here
+        tables = {r.table for r in session.execute(select_changes(classes=[models.Shelf]))}
+        assert tables <= {"shelf", "shelf_article"}
+
+    await run(behaviour)
