@@ -5,7 +5,7 @@ Coroutines have the plain name (``version_at``, ``changes_in``, ``stream_changes
 ``Version.revert``); each has a sync twin of the same name with ``_sync``.
 """
 
-from ._baseline import baseline, baseline_sync
+from ._baseline import backfill_versions, backfill_versions_sync, baseline, baseline_sync
 from ._capture import flush_history, flush_history_sync
 from ._context import (
     RequestContext,
@@ -59,6 +59,8 @@ __all__ = [
     "Version",
     "VersioningError",
     "VersioningManager",
+    "backfill_versions",
+    "backfill_versions_sync",
     "baseline",
     "baseline_sync",
     "changes_in",

@@ -24,7 +24,10 @@ from ._queries import model_info
 from ._schema import Operation
 from ._writes import insert_transaction
 
-__all__ = ["baseline", "baseline_sync"]
+__all__ = ["backfill_versions", "backfill_versions_sync", "baseline", "baseline_sync"]
+
+#: ``value`` not given: the column's default.
+_DEFAULT: Any = object()
 
 #: ``progress(done, table)``: called after each batch with the rows given a version so far.
 Progress = Callable[[int, str], None]
@@ -87,9 +90,62 @@ async def baseline(
     def run(sync: Connection | Session) -> int:
         return baseline_sync(sync, model, batch_size=batch_size, progress=progress)
 
-    if isinstance(bind, AsyncSession):
-        return await bind.run_sync(run)
     return await bind.run_sync(run)
+
+
+def backfill_versions_sync(
+    bind: Connection | Session, model: type[Any], attribute: str, value: Any = _DEFAULT
+) -> int:
+    """Give the versions that predate a column added to ``model`` a value for it; return how
+    many versions changed.
+
+    Run it in the migration that adds the column: the versions written before it hold NULL
+    there, so the next version's changeset would show ``[None, value]`` and reverting to an
+    old version would write NULL (or fail on a NOT NULL column). Every version whose
+    ``attribute`` is NULL gets ``value`` — by default the column's default (a scalar
+    ``default=`` or a ``server_default=``), which is what the rows themselves got.
+    """
+    info = model_info(model)
+    if attribute not in info.attr_set:
+        raise ValueError(
+            f"backfill_versions(): {model.__name__} has no versioned attribute {attribute!r}"
+        )
+    table = next(t for t in info.tables if attribute in t.attrs)
+    column = table.parent_table.c[table.attrs[attribute]]
+    filler = _column_default(model, column) if value is _DEFAULT else sa.literal(value, column.type)
+    vt = table.version_table
+    target = vt.c[column.key]
+    connection = _connection(bind, table)
+    result = connection.execute(sa.update(vt).where(target.is_(None)).values({target: filler}))
+    return int(result.rowcount)
+
+
+async def backfill_versions(
+    bind: AsyncConnection | AsyncSession, model: type[Any], attribute: str, value: Any = _DEFAULT
+) -> int:
+    """:func:`backfill_versions_sync` on an ``AsyncConnection`` or ``AsyncSession``."""
+
+    def run(sync: Connection | Session) -> int:
+        return backfill_versions_sync(sync, model, attribute, value)
+
+    return await bind.run_sync(run)
+
+
+def _column_default(model: type[Any], column: sa.Column[Any]) -> Any:
+    """The value a row added before ``column`` existed got: its scalar or server default."""
+    default = column.default
+    if isinstance(default, sa.ColumnDefault) and default.is_scalar:
+        return sa.literal(default.arg, column.type)
+    server = column.server_default
+    if isinstance(server, sa.DefaultClause):
+        arg = server.arg
+        if isinstance(arg, str):
+            return sa.literal_column("'" + arg.replace("'", "''") + "'")
+        return arg
+    raise ValueError(
+        f"backfill_versions(): {model.__name__}.{column.key} has no scalar or server default; "
+        "pass value=..."
+    )
 
 
 def _connection(bind: Connection | Session, table: TableVersioning) -> Connection:

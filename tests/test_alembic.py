@@ -161,10 +161,19 @@ def test_round_trip_with_a_new_column(project: Path, database: sa.Engine) -> Non
 
     alembic(project, "revision", "--autogenerate", "-m", "priority", priority=True)
     [added] = (project / "migrations" / "versions").glob("*_priority.py")
-    assert "priority" in added.read_text()
+    text = added.read_text()
+    assert "priority" in text
+    # the versions written before the column existed get what the rows got: its default
+    end = text.index("    # ### end Alembic commands ###\n", text.index("def upgrade()"))
+    body = "    import models\n    from sqlalchemy_history_async import backfill_versions_sync\n\n"
+    body += '    backfill_versions_sync(op.get_bind(), models.Article, "priority")\n'
+    added.write_text(text[:end] + body + text[end:])
     alembic(project, "upgrade", "head", priority=True)
     assert "priority" in columns(database, "article")
     assert "priority" in columns(database, "article_version")
+    with database.connect() as connection:
+        rows = connection.execute(sa.text("SELECT id, priority FROM article_version ORDER BY id"))
+        assert [tuple(r) for r in rows] == [(1, 3), (2, 3)]
     alembic(project, "check", priority=True)
 
     alembic(project, "downgrade", "-1", priority=True)

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from sqlalchemy_history_async import (
     Operation,
+    backfill_versions,
+    backfill_versions_sync,
     baseline,
     baseline_sync,
     select_as_of,
@@ -98,3 +100,41 @@ async def test_baseline_on_an_async_connection(models: Models, session: AsyncSes
 def test_batch_size_is_checked(models: Models) -> None:
     with pytest.raises(ValueError, match=r"baseline\(batch_size=\.\.\.\) takes a positive int"):
         baseline_sync(Session(), models.Article, batch_size=0)
+
+
+async def test_backfill_gives_versions_that_predate_a_column_its_default(
+    models: Models, run: Run
+) -> None:
+    A = models.Article
+    V = runtime_version_class(A)
+    vt: Any = V.__table__
+
+    def behaviour(session: Session) -> None:
+        session.add_all([A(id=1, title="a"), A(id=2, title="b", body="kept")])
+        session.commit()
+        # as right after a migration added the columns: older versions hold NULL there
+        session.execute(sa.update(vt).where(vt.c.id == 1).values(status=None, body=None))
+        assert backfill_versions_sync(session, A, "status_") == 1  # its default, "draft"
+        assert backfill_versions_sync(session, A, "body", value="") == 1
+        assert backfill_versions_sync(session, A, "body", value="again") == 0
+        session.commit()
+        rows = session.execute(sa.select(V.id, V.status_, V.body).order_by(V.id)).all()
+        assert [tuple(r) for r in rows] == [(1, "draft", ""), (2, "draft", "kept")]
+        with pytest.raises(ValueError, match=r"Article\.body has no scalar or server default"):
+            backfill_versions_sync(session, A, "body")
+        with pytest.raises(ValueError, match="no versioned attribute 'view_count'"):
+            backfill_versions_sync(session, A, "view_count")
+
+    await run(behaviour)
+
+
+async def test_backfill_on_an_async_session(models: Models, session: AsyncSession) -> None:
+    A = models.Article
+    V = runtime_version_class(A)
+    vt: Any = V.__table__
+    session.add(A(id=1, title="a"))
+    await session.commit()
+    await session.execute(sa.update(vt).values(body=None))
+    assert await backfill_versions(session, A, "body", value="x") == 1
+    await session.commit()
+    assert (await session.scalars(sa.select(V.body))).all() == ["x"]
