@@ -42,11 +42,22 @@ class Change(NamedTuple):
     key_text: str
     #: the transaction's ``remote_addr``
     remote_addr: str | None
+    #: the attributes this version changed, as in its changeset (for a link: none)
+    changed: list[str]
 
 
 #: The change feed's select: the columns of :class:`Change`, in order.
 FeedSelect = sa.Select[
-    str, dict[str, Any], Operation, int, datetime, Any, dict[str, Any] | None, str, str | None
+    str,
+    dict[str, Any],
+    Operation,
+    int,
+    datetime,
+    Any,
+    dict[str, Any] | None,
+    str,
+    str | None,
+    list[str],
 ]
 
 
@@ -89,6 +100,80 @@ class _JsonDict(sa.types.TypeDecorator[dict[str, Any]]):
         return None if value is None else dict(json.loads(value))
 
 
+class _differs(FunctionElement[bool]):
+    """``a`` and ``b`` differ, NULL being a value (``IS DISTINCT FROM``), compared exactly: byte
+    for byte on MySQL / MariaDB (whose default collations ignore case), as text for JSON on
+    PostgreSQL (whose ``json`` type has no equality)."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "history_differs"
+
+
+def _operands(element: _differs, compiler: SQLCompiler, **kw: Any) -> list[str]:
+    return [compiler.process(clause, **kw) for clause in element.clauses]
+
+
+@compiles(_differs)
+def _differs_default(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _operands(element, compiler, **kw)
+    return f"({a} IS DISTINCT FROM {b})"
+
+
+@compiles(_differs, "postgresql")
+def _differs_pg(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _operands(element, compiler, **kw)
+    if isinstance(next(iter(element.clauses)).type, sa.JSON):
+        a, b = f"CAST({a} AS TEXT)", f"CAST({b} AS TEXT)"
+    return f"({a} IS DISTINCT FROM {b})"
+
+
+@compiles(_differs, "sqlite")
+def _differs_sqlite(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _operands(element, compiler, **kw)
+    if isinstance(next(iter(element.clauses)).type, sa.DateTime):
+        # Timestamps are text: the database writes CURRENT_TIMESTAMP without a fraction,
+        # SQLAlchemy with one. Compare points in time, and the text where both have one.
+        return (
+            f"(julianday({a}) IS NOT julianday({b}) OR "
+            f"({a} LIKE '%.%' AND {b} LIKE '%.%' AND {a} IS NOT {b}))"
+        )
+    return f"({a} IS NOT {b})"
+
+
+@compiles(_differs, "mysql")
+@compiles(_differs, "mariadb")
+def _differs_mysql(element: _differs, compiler: SQLCompiler, **kw: Any) -> str:
+    a, b = _operands(element, compiler, **kw)
+    return f"NOT (CAST({a} AS BINARY) <=> CAST({b} AS BINARY))"
+
+
+def _changed_names(attrs: dict[str, str], vt: sa.Table, previous: Any) -> sa.ColumnElement[str]:
+    """The names of the attributes in which a version differs from ``previous`` (``None``: a
+    first version, whose non-NULL attributes count as changed), as text: ``"title,body,"``."""
+    text: sa.ColumnElement[str] = sa.literal_column("''", sa.String)
+    for attr, col in attrs.items():
+        differs = (
+            vt.c[col].is_not(None) if previous is None else _differs(vt.c[col], previous.c[col])
+        )
+        flag = sa.case(
+            (differs, sa.literal_column(_sql_string(attr + ","))),
+            else_=sa.literal_column("''"),
+        )
+        text = text + sa.type_coerce(flag, sa.String)
+    return text
+
+
+class _Names(sa.types.TypeDecorator[list[str]]):
+    """Reads ``"a,b,"`` as ``["a", "b"]``."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> list[str]:
+        return [name for name in (value or "").split(",") if name]
+
+
 def select_changes(
     since: PointInHistory | None = None,
     until: PointInHistory | None = None,
@@ -106,7 +191,9 @@ def select_changes(
     (a dict by attribute name, with JSON values: a UUID is a string; :func:`version_at`
     accepts it as it is), ``operation``, ``transaction_id``, ``issued_at``, ``user_id``,
     ``meta``, ``key_text`` (the key as JSON text, which orders the rows of one transaction
-    and table) and ``remote_addr``, ordered by ``(transaction_id, table, key_text)``.
+    and table), ``remote_addr`` and ``changed`` (the names of the attributes the version
+    changed, as in its changeset; computed in SQL against the previous version), ordered by
+    ``(transaction_id, table, key_text)``.
     ``since``/``until`` are inclusive. ``classes`` defaults to every model versioned by
     ``make_versioned()``.
     """
@@ -116,21 +203,37 @@ def select_changes(
     lower = None if since is None else as_transaction_id(since, transactions, upper=False)
     upper = None if until is None else as_transaction_id(until, transactions, upper=True)
     tables = dict.fromkeys(table for info in infos for table in info.tables)
-    for info in infos:  # the many-to-many links of the classes read, as rows of their own
-        tables.update(dict.fromkeys(link.table for link in info.links))
-    branches = []
+    links = {link.table for info in infos for link in info.links}
+    tables.update(dict.fromkeys(links))  # many-to-many links, as rows of their own
+    branches: list[sa.Select[Any]] = []
     for table in sorted(tables, key=lambda t: t.parent_table.name):
         vt = table.version_table
         attr_of = {col: attr for attr, col in table.attrs.items()}
         pairs: list[sa.ColumnElement[Any]] = []
         for col in table.key_columns:
             pairs += [sa.literal_column(_sql_string(attr_of[col])), vt.c[col]]
-        branch = sa.select(
+        columns: list[Any] = [
             sa.literal_column(_sql_string(table.parent_table.fullname), sa.String).label("table"),
             _json_object(*pairs).label("key_text"),
             vt.c.operation_type.label("operation"),
             vt.c.transaction_id.label("transaction_id"),
-        )
+        ]
+        if table in links:
+            changed: sa.ColumnElement[str] = sa.literal_column("''", sa.String)
+        else:
+            # Against the previous version of the row (the one this version's transaction
+            # closed), looked up per row returned: a page reads only its own rows' previous
+            # versions, through the key index. A first version has none: its non-NULL values.
+            previous = vt.alias(f"previous_{len(branches)}")
+            same_row = [previous.c[c] == vt.c[c] for c in table.key_columns]
+            closed = previous.c.end_transaction_id == vt.c.transaction_id
+            against = (
+                sa.select(_changed_names(table.attrs, vt, previous))
+                .where(*same_row, closed)
+                .scalar_subquery()
+            )
+            changed = sa.func.coalesce(against, _changed_names(table.attrs, vt, None))
+        branch = sa.select(*columns, changed.label("changed"))
         # Bounds go into every branch so each version table is read through its index.
         if lower is not None:
             branch = branch.where(vt.c.transaction_id >= lower)
@@ -151,6 +254,7 @@ def select_changes(
             transactions.c.meta,
             feed.c.key_text,
             transactions.c.remote_addr,
+            sa.type_coerce(feed.c.changed, _Names()).label("changed"),
         )
         .join_from(feed, transactions, transactions.c.id == feed.c.transaction_id)
         .order_by(feed.c.transaction_id, feed.c.table, feed.c.key_text)

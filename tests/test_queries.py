@@ -147,6 +147,25 @@ async def test_select_changes_feed(models: Models, session: AsyncSession) -> Non
     edit = rows[2]
     assert (edit.user_id, edit.meta, edit.remote_addr) == (2, {"reason": "edit"}, "10.0.0.2")
     assert rows[0].remote_addr is None
+    assert (edit.changed, rows[4].changed) == (["title"], [])  # an edit; a delete
+    # every row's changed names are its version's changeset, computed in SQL
+    for model in (models.Article, models.Comment, models.Tagging):
+        V: Any = runtime_version_class(model)
+        versions = (
+            await session.scalars(sa.select(V).options(sa.orm.selectinload(V.previous)))
+        ).all()
+        table = model.__table__.name
+        assert versions
+        for row in rows:
+            if row.table != table:
+                continue
+            [version] = [
+                v
+                for v in versions
+                if v.transaction_id == row.transaction_id
+                and all(getattr(v, a) == value for a, value in row.primary_key.items())
+            ]
+            assert row.changed == list(version.changeset), (table, row)
     assert edit.issued_at == h["txs"][1].issued_at
 
 
@@ -221,3 +240,16 @@ async def test_select_changed(models: Models, session: AsyncSession) -> None:
     assert [v.body for v in body_changes] == ["body only"]
     with pytest.raises(VersioningError, match="no versioned attribute"):
         select_changed(models.Article, "view_count")
+
+
+async def test_feed_changed_names_see_case_only_changes(
+    models: Models, session: AsyncSession
+) -> None:
+    """MariaDB's default collation compares "abc" and "ABC" equal; the feed does not."""
+    article = models.Article(title="abc")
+    session.add(article)
+    await session.commit()
+    article.title = "ABC"
+    await session.commit()
+    rows = (await session.execute(select_changes(classes=[models.Article]))).all()
+    assert [(r.operation, r.changed) for r in rows][-1] == (Operation.UPDATE, ["title"])
