@@ -175,7 +175,9 @@ def create_app(url: str) -> FastAPI:
                 "table": change.table,
                 "primary_key": change.primary_key,
                 "operation": change.operation.name,
+                "changed": change.changed,
                 "user_id": change.user_id,
+                "remote_addr": change.remote_addr,
             }
             for change in (await session.execute(feed)).all()
         ]

@@ -114,6 +114,8 @@ async def test_activity_feed_filters_by_user(client: httpx.AsyncClient) -> None:
         ({"id": two}, "INSERT", 2),
         ({"id": one}, "UPDATE", 2),
     ]
+    assert [c["changed"] for c in feed][-1] == ["title"]
+    assert {c["remote_addr"] for c in feed} == {ADDRESS}
     bobs = (await client.get("/activity", params={"user": 2})).json()
     assert [(c["primary_key"], c["operation"]) for c in bobs] == [
         ({"id": two}, "INSERT"),
