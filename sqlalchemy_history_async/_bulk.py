@@ -54,7 +54,7 @@ from ._dml import (
 from ._exceptions import UnrecordedWriteError
 from ._info import Catalog, TableVersioning
 from ._schema import Operation
-from ._writes import Key, Row, for_update
+from ._writes import Key, Row, for_update, logger
 
 __all__ = ["BulkRecorder"]
 
@@ -416,17 +416,21 @@ class BulkRecorder:
                 # a session hook added to it, or per parameter set): only the rows that are
                 # gone record a DELETE.
                 remaining = writer.load_rows(call.connection, table, keys)
-            for key, row in before.items():
-                if key not in remaining:
-                    pend(pending, key, Operation.DELETE, row)
+            gone = [key for key in before if key not in remaining]
+            for key in gone:
+                pend(pending, key, Operation.DELETE, before[key])
+            _noted(call, len(before), len(gone))
             return
         after = writer.load_rows(call.connection, table, keys, columns=names)
+        changed = 0
         for key, old in before.items():
             new = after.get(key)
             if new is None:
                 continue  # not there any more (cannot happen: the row is locked)
             if differs(table, old, new):
                 pend(pending, key, Operation.UPDATE, None)
+                changed += 1
+        _noted(call, len(before), changed)
 
     # --- INSERT -------------------------------------------------------------------------------
 
@@ -453,6 +457,7 @@ class BulkRecorder:
         pending = uow.pending.setdefault(table, {})
         for key in keys:
             pend(pending, key, Operation.INSERT, None)
+        _noted(call, len(keys), len(keys))
         return result
 
     def _upsert(self, call: _Call, uow: UnitOfWork, clause: Any) -> _Step:
@@ -551,6 +556,16 @@ class BulkRecorder:
             )
             raise UnrecordedWriteError(uow.unrecorded)
         return cursor, keys
+
+
+def _noted(call: _Call, found: int, noted: int) -> None:
+    logger.debug(
+        "%s on %s: %d rows found, %d with history to write at commit",
+        call.verb,
+        call.table.parent_table.name,
+        found,
+        noted,
+    )
 
 
 def _in_bulk_method() -> bool:

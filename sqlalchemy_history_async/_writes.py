@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,12 @@ __all__ = [
     "TableStatements",
     "Writer",
     "for_update",
+    "logger",
 ]
+
+#: ``logging.getLogger("sqlalchemy_history_async")``: DEBUG lines say what each history write
+#: does (tables, steps and how many keys), never row values.
+logger = logging.getLogger("sqlalchemy_history_async")
 
 #: Keys per statement when each key is a bound parameter of its own: keeps every backend's
 #: bound-parameter limit out of reach.
@@ -193,6 +199,12 @@ class Writer:
         first = plans[0].table
         connection = session.connection(bind_arguments={"clause": first.parent_table})
         dialect = connection.dialect
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "writing history%s: %s",
+                "" if transaction_id is None else f" of transaction {transaction_id}",
+                "; ".join(_describe(plan) for plan in plans) or "nothing",
+            )
         if dialect.name == "postgresql" and all(p.combinable(dialect) for p in plans):
             return self._write_combined(connection, transaction_id, plans, context)
         for plan in plans:
@@ -321,6 +333,14 @@ class Writer:
             params["_tx"] = transaction_id
         result = connection.execute(stmt, params)
         return int(result.scalar_one()) if new_transaction else transaction_id
+
+
+def _describe(plan: Plan) -> str:
+    """``article_version: close 3, copy_update 3, deleted 1`` (counts of keys, no values)."""
+    steps = [f"{step.value} {len(keys)}" for step, keys in plan.steps()]
+    if plan.deleted:
+        steps.append(f"deleted {len(plan.deleted)}")
+    return f"{plan.table.version_table.name}: {', '.join(steps) or 'nothing'}"
 
 
 def for_update(select: sa.Select[Any], connection: Connection, table: sa.Table) -> sa.Select[Any]:
