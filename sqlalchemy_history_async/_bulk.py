@@ -28,11 +28,10 @@ from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from ._capture import Recorder, UnitOfWork, pend, unlisten
+from ._capture import Recorder, UnitOfWork, listen, pend, unlisten
 from ._context import recording
 from ._dml import (
     TEXTUAL_WRITE,
@@ -54,7 +53,7 @@ from ._dml import (
 from ._exceptions import UnrecordedWriteError
 from ._info import Catalog, TableVersioning
 from ._schema import Operation
-from ._writes import Key, Row, for_update, logger
+from ._writes import Key, Row, for_update, logger, rows_by_key
 
 __all__ = ["BulkRecorder"]
 
@@ -116,8 +115,7 @@ class _Call:
 
     @property
     def verb(self) -> str:
-        stmt = self.statement
-        return "INSERT" if stmt.is_insert else "UPDATE" if stmt.is_update else "DELETE"
+        return _verb(self.statement)
 
     @property
     def many(self) -> bool:
@@ -129,6 +127,10 @@ class _Call:
 #: A recording step: yields the statement to run, receives its result, returns the result the
 #: caller gets.
 _Step = Generator[Any, Any, Any]
+
+
+def _verb(stmt: Any) -> str:
+    return "INSERT" if stmt.is_insert else "UPDATE" if stmt.is_update else "DELETE"
 
 
 def _finish(step: _Step, result: Any) -> Any:
@@ -182,12 +184,11 @@ class BulkRecorder:
         if target is None or not recording():
             return None
         if target.joined:
-            verb = "INSERT" if stmt.is_insert else "UPDATE" if stmt.is_update else "DELETE"
+            name = target.table.parent_table.name
             raise UnrecordedWriteError(
-                f"{verb} on {target.table.parent_table.name!r} cannot be recorded: the table is "
-                "part of a joined-table inheritance hierarchy, whose history spans several "
-                "tables; change these rows through the unit of work (session.add / attribute "
-                "changes)"
+                f"{_verb(stmt)} on {name!r} cannot be recorded: the table is part of a "
+                "joined-table inheritance hierarchy, whose history spans several tables; "
+                "change these rows through the unit of work (session.add / attribute changes)"
             )
         return target.table
 
@@ -276,16 +277,9 @@ class BulkRecorder:
 
     def _watch(self, session: Session, connection: Connection) -> None:
         uow = self._recorder.uow(session)
-        if any(c is connection and owner is self for c, _, _, owner in uow.listening):
-            return
         before = partial(self._before_execute, session)
-        after = partial(self._after_execute, session)
-        event.listen(connection, "before_execute", before, retval=True)
-        event.listen(connection, "after_execute", after)
-        uow.listening += [
-            (connection, "before_execute", before, self),
-            (connection, "after_execute", after, self),
-        ]
+        listen(uow, self, connection, "before_execute", before, retval=True)
+        listen(uow, self, connection, "after_execute", partial(self._after_execute, session))
 
     def _before_execute(
         self,
@@ -384,8 +378,7 @@ class BulkRecorder:
         connection = call.connection
         params = call.params if isinstance(call.params, Mapping) and call.params else None
         rows = connection.execute(for_update(select, connection, pt), params)
-        at = [names.index(c) for c in table.key_columns]
-        return {tuple(row[i] for i in at): dict(zip(names, row, strict=True)) for row in rows}
+        return rows_by_key(rows, table, names)
 
     def _lock_keys(
         self, call: _Call, keys: list[Key], names: tuple[str, ...] | None = None

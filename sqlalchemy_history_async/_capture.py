@@ -56,6 +56,7 @@ __all__ = [
     "UnitOfWork",
     "flush_history",
     "flush_history_sync",
+    "listen",
     "pend",
     "unlisten",
 ]
@@ -126,17 +127,16 @@ class UnitOfWork:
     bulk_touched: dict[TableVersioning, set[Key]] = field(default_factory=dict)
     # Why a statement changed rows whose history could not be recorded: the commit refuses.
     unrecorded: str | None = None
-    # Connections whose association-table statements are being noted (during a flush), with
-    # the before_execute listener put on each.
-    watching: dict[Connection, Callable[..., None]] = field(default_factory=dict)
     # Attribute values of deleted objects that were not loaded, fetched before the flush.
     preloaded: dict[VersionInfo, dict[Key, dict[str, Any]]] = field(default_factory=dict)
     # Values the attributes changed so far had when the transaction began, per row: a row
     # changed and changed back by later flushes records nothing.
     originals: dict[tuple[VersionInfo, Key], dict[str, Any]] = field(default_factory=dict)
     savepoints: dict[SessionTransaction, _Snapshot] = field(default_factory=dict)
-    # Listeners put on the session's connections for the statements sent on them (``_bulk``):
-    # (connection, event name, listener, owner); removed when the transaction ends.
+    # Listeners put on the session's connections, see :func:`listen`: (connection, event
+    # name, listener, owner). The recorder's note association-table statements during a flush;
+    # ``_bulk``'s the statements sent on the connection. All are gone when the transaction
+    # ends.
     listening: list[tuple[Connection, str, Callable[..., Any], object]] = field(
         default_factory=list
     )
@@ -221,7 +221,6 @@ class Recorder:
         if states is not None:
             uow = states.pop(self, None)
             if uow is not None:
-                self._unwatch(uow)
                 unlisten(uow, None)
             if not states:
                 del session.info[SESSION_INFO_KEY]
@@ -369,18 +368,13 @@ class Recorder:
         process.
         """
         uow = self.uow(session)
+        listener = partial(self._association_statement, uow)
         for table in self._catalog.associations.values():
             connection = session.connection(bind_arguments={"clause": table.parent_table})
-            if connection not in uow.watching:
-                listener = partial(self._association_statement, uow)
-                event.listen(connection, "before_execute", listener)
-                uow.watching[connection] = listener
+            listen(uow, self, connection, "before_execute", listener)
 
     def _unwatch(self, uow: UnitOfWork) -> None:
-        for connection, listener in uow.watching.items():
-            if event.contains(connection, "before_execute", listener):
-                event.remove(connection, "before_execute", listener)
-        uow.watching.clear()
+        unlisten(uow, self)
 
     def _association_statement(
         self,
@@ -559,6 +553,22 @@ class Recorder:
         """Drop all bookkeeping when the session's outermost transaction ends."""
         if transaction.parent is None:
             self._drop(session)
+
+
+def listen(
+    uow: UnitOfWork,
+    owner: object,
+    connection: Connection,
+    name: str,
+    listener: Callable[..., Any],
+    **kw: Any,
+) -> None:
+    """Put ``owner``'s ``listener`` on ``connection`` for event ``name`` (once: a connection
+    it already listens to is left as it is) until :func:`unlisten` or the transaction's end."""
+    if any(c is connection and n == name and by is owner for c, n, _, by in uow.listening):
+        return
+    event.listen(connection, name, listener, **kw)
+    uow.listening.append((connection, name, listener, owner))
 
 
 def unlisten(uow: UnitOfWork, owner: object | None) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "Writer",
     "for_update",
     "logger",
+    "rows_by_key",
 ]
 
 #: ``logging.getLogger("sqlalchemy_history_async")``: DEBUG lines say what each history write
@@ -250,12 +251,10 @@ class Writer:
         stmt = self._load(table, binding, names)
         if lock:
             stmt = for_update(stmt, connection, table.parent_table)
-        at = [names.index(c) for c in table.key_columns]
         out: dict[Key, Row] = {}
         for chunk in binding.chunks(keys):
             values = binding.values(table, chunk)
-            for row in connection.execute(stmt, {"_keys": values}):
-                out[tuple(row[i] for i in at)] = dict(zip(names, row, strict=True))
+            out.update(rows_by_key(connection.execute(stmt, {"_keys": values}), table, names))
         return out
 
     def _load(
@@ -333,6 +332,13 @@ class Writer:
             params["_tx"] = transaction_id
         result = connection.execute(stmt, params)
         return int(result.scalar_one()) if new_transaction else transaction_id
+
+
+def rows_by_key(rows: Any, table: TableVersioning, names: Sequence[str]) -> dict[Key, Row]:
+    """Result ``rows`` of the columns ``names`` (which include the key) by key, each a dict by
+    column key."""
+    at = [names.index(c) for c in table.key_columns]
+    return {tuple(row[i] for i in at): dict(zip(names, row, strict=True)) for row in rows}
 
 
 def _describe(plan: Plan) -> str:
