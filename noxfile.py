@@ -6,6 +6,10 @@
     nox -s tests -- -k revert -x         # arguments after ``--`` go to pytest
     nox -s lint                          # ruff + mypy only
     nox -s demo                          # run examples/quickstart.py
+    nox -s docs                          # build the documentation site into build/site
+                                         # (mkdocs, strict: a warning fails it)
+    nox -s package                       # build sdist and wheel, twine check --strict,
+                                         # check what the distributions contain
 
 The test suite starts its own throwaway PostgreSQL and MariaDB servers (see ``devservers/``,
 shared with the benchmarks). Set ``HISTORY_TEST_DATABASES`` to choose the backends, e.g.
@@ -14,6 +18,13 @@ unchanged because sessions inherit the environment.
 """
 
 from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+import tempfile
+import zipfile
 
 import nox
 
@@ -98,3 +109,98 @@ def randomized(session: nox.Session) -> None:
         *(session.posargs or ["-q", "-ra"]),
         env={"HISTORY_RANDOMIZED_PROFILE": "long"},
     )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml) into build/site, in strict mode.
+
+    A warning fails the build: a broken link between pages or to a heading, a page missing
+    from the navigation, a docstring the API reference cannot render. Arguments after ``--``
+    go to ``mkdocs build`` (e.g. ``--site-dir DIR``); ``mkdocs serve`` from this session's
+    virtualenv previews the site.
+    """
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+#: Paths (relative to the sdist's top directory) that must stay in the repository: benchmark
+#: runners and results, CI and development tooling, build and cache output.
+SDIST_FORBIDDEN = re.compile(
+    r"^(benchmarks/|\.ci/|\.github/|\.nox/|\.venv/|build/|dist/|site/|noxfile\.py$)"
+    r"|(^|/)(__pycache__|\.mypy_cache|\.ruff_cache|\.pytest_cache)/"
+    r"|\.(py[cod]|db)$"
+)
+#: Files the sdist must hold (its tests run from it: tests/ needs devservers/ and examples/).
+SDIST_REQUIRED = (
+    "PKG-INFO",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "CHANGELOG.md",
+    "sqlalchemy_history_async/__init__.py",
+    "sqlalchemy_history_async/py.typed",
+    "tests/conftest.py",
+    "devservers/__init__.py",
+    "examples/quickstart.py",
+    "docs/index.md",
+)
+#: Markdown links and images whose target is a relative path: broken on the package index.
+RELATIVE_LINK = re.compile(r"\]\((?!https?://|mailto:|#)([^)\s]+)\)")
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, ``twine check --strict`` them, and check their contents.
+
+    Fails listing what is wrong: development-only files in the sdist (benchmarks and their
+    results, CI and nox files, caches), files it lacks, a wheel without ``py.typed`` or with
+    files outside the package, relative links in the README (the package index's project
+    page). Builds into a temporary directory, leaving ``dist/`` alone.
+    """
+    session.install("build", "twine")
+    with open("README.md", encoding="utf-8") as readme:
+        relative = RELATIVE_LINK.findall(readme.read())
+    if relative:
+        session.error(
+            "README.md has relative links, broken on the package index; use absolute URLs:\n  "
+            + "\n  ".join(relative)
+        )
+    with tempfile.TemporaryDirectory(prefix="sqlalchemy-history-async-dist-") as outdir:
+        session.run("python", "-m", "build", "--outdir", outdir)
+        (sdist,) = glob.glob(os.path.join(outdir, "*.tar.gz"))
+        (wheel,) = glob.glob(os.path.join(outdir, "*.whl"))
+        session.run("twine", "check", "--strict", sdist, wheel)
+
+        with tarfile.open(sdist) as archive:
+            # Every member sits under the "<name>-<version>/" top directory.
+            files = [m.name.split("/", 1)[1] for m in archive.getmembers() if m.isfile()]
+        offenders = sorted(n for n in files if SDIST_FORBIDDEN.search(n))
+        if offenders:
+            session.error(
+                f"{os.path.basename(sdist)} holds development-only files "
+                "(see [tool.hatch.build.targets.sdist] in pyproject.toml):\n  "
+                + "\n  ".join(offenders)
+            )
+        missing = [n for n in SDIST_REQUIRED if n not in files]
+        if missing:
+            session.error(f"{os.path.basename(sdist)} lacks:\n  " + "\n  ".join(missing))
+
+        with zipfile.ZipFile(wheel) as archive:
+            wheel_files = archive.namelist()
+        if "sqlalchemy_history_async/py.typed" not in wheel_files:
+            session.error(f"{os.path.basename(wheel)} lacks sqlalchemy_history_async/py.typed")
+        stray = sorted(
+            n
+            for n in wheel_files
+            if not n.startswith(("sqlalchemy_history_async/", "sqlalchemy_history_async-"))
+        )
+        if stray:
+            session.error(
+                f"{os.path.basename(wheel)} holds files outside the package:\n  "
+                + "\n  ".join(stray)
+            )
+        session.log(
+            f"{os.path.basename(sdist)}: {len(files)} files; "
+            f"{os.path.basename(wheel)}: {len(wheel_files)} files"
+        )
