@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ._context import TransactionContext, current_context
-from ._info import TableVersioning
+from ._info import TableVersioning, VersionInfo
 from ._order import CommitLocks
 from ._queries import model_info
 from ._schema import Operation
@@ -36,27 +36,41 @@ Progress = Callable[[int, str], None]
 def baseline_sync(
     bind: Connection | Session,
     model: type[Any],
-    *,
+    *models: type[Any],
     batch_size: int = 1000,
     progress: Progress | None = None,
 ) -> int:
-    """Give every row of ``model`` without a version an ``INSERT`` version of its current
-    values; return how many rows got one.
+    """Give every row of ``model`` (and of each of ``models``) without a version an
+    ``INSERT`` version of its current values; return how many rows got one.
 
     Runs in ``bind``'s transaction (a ``Connection`` — in an Alembic migration,
     ``op.get_bind()`` — or a ``Session``), which the caller commits. All the new versions
     share one transaction row recording the :func:`versioning_context` in force (with
-    ``meta["baseline"]`` naming the table); the commit-order lock is taken first. Keys are read
+    ``meta["baseline"]`` naming the models' tables, comma-separated); the commit-order lock is
+    taken first. Keys are read
     ``batch_size`` at a time, in key order; ``progress(done, table)`` is called after each
     batch. A model of a joined-table hierarchy gets a version in each of its tables; for
-    single-table inheritance, pass the base model.
+    single-table inheritance, pass the base model. The links of the model's many-to-many
+    relationships (rows of their association tables) get an ``INSERT`` version in the same
+    transaction. Baseline related models in one call (``baseline_sync(bind, Article, Tag)``):
+    a version's temporal relationships show the related versions in force at its transaction,
+    so related rows baselined in a later transaction are missing from it.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"baseline(batch_size=...) takes a positive int, got {batch_size!r}")
-    info = model_info(model)
+    infos = [model_info(m) for m in (model, *models)]
+    for info in infos:
+        info.parent_mapper.registry.configure()  # many-to-many links are known from here on
+        if info.tables[0].transaction_table is not infos[0].tables[0].transaction_table:
+            raise ValueError(
+                f"baseline(): {info.parent.__name__} and {model.__name__} record their history "
+                "in different transaction tables (different managers); baseline them separately"
+            )
+    tables = _tables(infos)
+    meta = ", ".join(dict.fromkeys(info.tables[0].parent_table.name for info in infos))
     done = 0
     transaction_id: int | None = None
-    for table in info.tables:
+    for table in tables:
         connection = _connection(bind, table)
         last: tuple[Any, ...] | None = None
         while True:
@@ -66,7 +80,7 @@ def baseline_sync(
             if transaction_id is None:
                 CommitLocks().take(connection, table.transaction_table)
                 transaction_id = insert_transaction(
-                    connection, table.transaction_table, _context(table)
+                    connection, table.transaction_table, _context(meta)
                 )
             connection.execute(_copy(table, keys, transaction_id))
             done += len(keys)
@@ -81,14 +95,14 @@ def baseline_sync(
 async def baseline(
     bind: AsyncConnection | AsyncSession,
     model: type[Any],
-    *,
+    *models: type[Any],
     batch_size: int = 1000,
     progress: Progress | None = None,
 ) -> int:
     """:func:`baseline_sync` on an ``AsyncConnection`` or ``AsyncSession``."""
 
     def run(sync: Connection | Session) -> int:
-        return baseline_sync(sync, model, batch_size=batch_size, progress=progress)
+        return baseline_sync(sync, model, *models, batch_size=batch_size, progress=progress)
 
     return await bind.run_sync(run)
 
@@ -148,15 +162,27 @@ def _column_default(model: type[Any], column: sa.Column[Any]) -> Any:
     )
 
 
+def _tables(infos: list[VersionInfo]) -> list[TableVersioning]:
+    """The models' tables, then the association tables of their many-to-many relationships,
+    each once."""
+    tables: list[TableVersioning] = []
+    for table in [t for info in infos for t in info.tables] + [
+        link.table for info in infos for link in info.links
+    ]:
+        if table not in tables:
+            tables.append(table)
+    return tables
+
+
 def _connection(bind: Connection | Session, table: TableVersioning) -> Connection:
     if isinstance(bind, Session):
         return bind.connection(bind_arguments={"clause": table.parent_table})
     return bind
 
 
-def _context(table: TableVersioning) -> TransactionContext:
+def _context(tables: str) -> TransactionContext:
     ctx = current_context()
-    meta = {**ctx.meta, "baseline": table.parent_table.name}
+    meta = {**ctx.meta, "baseline": tables}
     return TransactionContext(user_id=ctx.user_id, remote_addr=ctx.remote_addr, meta=meta)
 
 

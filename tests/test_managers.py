@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Session, registry
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, registry
 
 from sqlalchemy_history_async import (
     ConfigurationError,
     Operation,
     UnrecordedWriteError,
     VersioningManager,
+    baseline_sync,
     make_versioned,
     remove_versioning,
     select_changes,
@@ -371,3 +372,23 @@ async def test_strict_manager_refuses_textual_writes_to_versioned_tables(
 def test_strict_takes_a_bool() -> None:
     with pytest.raises(ConfigurationError, match=r"strict=\.\.\.\) takes True or False, got 'yes'"):
         VersioningManager(strict="yes")  # type: ignore[arg-type]
+
+
+def test_models_of_two_managers_are_baselined_separately(bases: Bases) -> None:
+    made = []
+    for name in ("shop", "blog"):
+        base = bases()
+        bases.manager(base)
+        made.append(
+            type(
+                name.title(),
+                (base,),
+                {
+                    "__tablename__": name,
+                    "__versioned__": {},
+                    "id": mapped_column(sa.Integer, primary_key=True),
+                },
+            )
+        )
+    with pytest.raises(ValueError, match=r"baseline\(\): Blog and Shop record their history in "):
+        baseline_sync(Session(), *made)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import Operation, select_changes
+from sqlalchemy_history_async import Operation, baseline_sync, select_changes, versioning_disabled
 
 from .conftest import Run, StatementLog, versioned_models
 from .models import runtime_version_class
@@ -254,5 +254,51 @@ async def test_link_changes_are_in_the_change_feed(models: Catalog, run: Run) ->
         # the links of the classes read only: Shelf's are not Article's business here
         tables = {r.table for r in session.execute(select_changes(classes=[models.Shelf]))}
         assert tables <= {"shelf", "shelf_article"}
+
+    await run(behaviour)
+
+
+async def test_baseline_gives_existing_links_a_version(models: Catalog, run: Run) -> None:
+    def behaviour(session: Session) -> None:
+        with versioning_disabled():  # written before the models were versioned
+            x, y = models.Tag(name="x"), models.Tag(name="y")
+            session.add(models.Article(id=1, title="a", tags=[x, y]))
+            session.commit()
+        made = baseline_sync(session, models.Article, models.Tag)
+        session.commit()
+        assert made == 5  # the article, its two tags and its two links, in one transaction
+        T = runtime_version_class(models.Article).transaction.property.mapper.class_
+        (stamp,) = session.scalars(sa.select(T)).all()
+        assert stamp.meta == {"baseline": "article, tag"}
+        rows = session.execute(
+            sa.text(
+                "SELECT article_id, tag_id, end_transaction_id, operation_type "
+                "FROM article_tag_version ORDER BY tag_id"
+            )
+        )
+        assert [tuple(r) for r in rows] == [
+            (1, x.id, None, Operation.INSERT),
+            (1, y.id, None, Operation.INSERT),
+        ]
+        assert baseline_sync(session, models.Article, models.Tag) == 0  # nothing left to do
+        # the baselined version shows its links, and removing one closes the link's version
+        V = runtime_version_class(models.Article)
+        first = session.scalars(sa.select(V)).one()
+        assert sorted(t.name for t in first.tags) == ["x", "y"]
+        article = session.get(models.Article, 1)
+        assert article is not None
+        article.tags.remove(x)
+        session.commit()
+        ops = session.execute(
+            sa.text(
+                "SELECT tag_id, operation_type, end_transaction_id IS NULL "
+                "FROM article_tag_version ORDER BY transaction_id, tag_id"
+            )
+        )
+        assert [tuple(r) for r in ops] == [
+            (x.id, Operation.INSERT, False),
+            (y.id, Operation.INSERT, True),
+            (x.id, Operation.DELETE, True),
+        ]
 
     await run(behaviour)
