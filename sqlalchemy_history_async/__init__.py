@@ -24,6 +24,12 @@ from ._exceptions import (
     VersioningError,
 )
 from ._feed import Change, select_changes, stream_changes, stream_changes_sync
+from ._integrity import (
+    IntegrityProblem,
+    IntegrityProblemKind,
+    check_integrity,
+    check_integrity_sync,
+)
 from ._manager import VersioningManager, make_versioned, remove_versioning
 from ._models import Transaction, Version, parent_class, transaction_class, version_class
 from ._options import ManagerOptions, ModelOptions
@@ -45,6 +51,8 @@ __all__ = [
     "AwareDateTime",
     "Change",
     "ConfigurationError",
+    "IntegrityProblem",
+    "IntegrityProblemKind",
     "ManagerOptions",
     "ModelOptions",
     "NotVersionedError",
@@ -65,6 +73,8 @@ __all__ = [
     "baseline_sync",
     "changes_in",
     "changes_in_sync",
+    "check_integrity",
+    "check_integrity_sync",
     "current_context",
     "diff",
     "flush_history",

@@ -17,9 +17,9 @@ LAYERS: list[set[str]] = [
     {"_revert", "_writes"},
     {"_models", "_capture", "_dml"},
     {"_bulk", "_relationships", "_queries"},
-    {"_baseline", "_build", "_feed"},
+    {"_baseline", "_build", "_feed", "_integrity"},
     {"_manager"},
-    {"__init__", "alembic", "fastapi", "testing"},
+    {"__init__", "alembic", "cli", "fastapi", "testing"},
 ]
 # The mypy plugin is loaded by mypy only; nothing in the package imports it.
 STANDALONE = {"mypy"}
@@ -78,3 +78,9 @@ def test_imports_point_down(module: str) -> None:
 def test_nothing_imports_the_mypy_plugin() -> None:
     for module in MODULES:
         assert "mypy" not in runtime_imports(PACKAGE / f"{module}.py"), module
+
+
+def test_nothing_imports_the_cli() -> None:
+    # The command needs the [cli] extra (Typer, Rich), which the library never requires.
+    for module in MODULES:
+        assert "cli" not in runtime_imports(PACKAGE / f"{module}.py"), module
