@@ -18,6 +18,7 @@ from ._context import (
 )
 from ._exceptions import (
     ConfigurationError,
+    HistoryPrunedError,
     NotVersionedError,
     RevertError,
     UnrecordedWriteError,
@@ -45,12 +46,14 @@ from ._queries import (
     version_at,
     version_at_sync,
 )
+from ._retention import prune, prune_sync
 from ._schema import AwareDateTime, Operation, OperationType
 
 __all__ = [
     "AwareDateTime",
     "Change",
     "ConfigurationError",
+    "HistoryPrunedError",
     "IntegrityProblem",
     "IntegrityProblemKind",
     "ManagerOptions",
@@ -82,6 +85,8 @@ __all__ = [
     "json_patch",
     "make_versioned",
     "parent_class",
+    "prune",
+    "prune_sync",
     "remove_versioning",
     "request_context",
     "select_as_of",

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from ._context import TransactionContext, current_context
-from ._info import TableVersioning, VersionInfo
+from ._dml import after_key
+from ._info import TableVersioning, history_tables, one_transaction_table
 from ._order import CommitLocks
 from ._queries import model_info
 from ._schema import Operation
@@ -61,12 +62,8 @@ def baseline_sync(
     infos = [model_info(m) for m in (model, *models)]
     for info in infos:
         info.parent_mapper.registry.configure()  # many-to-many links are known from here on
-        if info.tables[0].transaction_table is not infos[0].tables[0].transaction_table:
-            raise ValueError(
-                f"baseline(): {info.parent.__name__} and {model.__name__} record their history "
-                "in different transaction tables (different managers); baseline them separately"
-            )
-    tables = _tables(infos)
+    one_transaction_table(infos, "baseline")
+    tables = history_tables(infos)
     meta = ", ".join(dict.fromkeys(info.tables[0].parent_table.name for info in infos))
     done = 0
     transaction_id: int | None = None
@@ -162,18 +159,6 @@ def _column_default(model: type[Any], column: sa.Column[Any]) -> Any:
     )
 
 
-def _tables(infos: list[VersionInfo]) -> list[TableVersioning]:
-    """The models' tables, then the association tables of their many-to-many relationships,
-    each once."""
-    tables: list[TableVersioning] = []
-    for table in [t for info in infos for t in info.tables] + [
-        link.table for info in infos for link in info.links
-    ]:
-        if table not in tables:
-            tables.append(table)
-    return tables
-
-
 def _connection(bind: Connection | Session, table: TableVersioning) -> Connection:
     if isinstance(bind, Session):
         return bind.connection(bind_arguments={"clause": table.parent_table})
@@ -201,17 +186,8 @@ def _keys_without_version(
     )
     stmt = sa.select(*keys).where(~versioned).order_by(*keys).limit(limit)
     if after is not None:
-        stmt = stmt.where(_after(keys, after))
+        stmt = stmt.where(after_key(keys, after))
     return [tuple(row) for row in connection.execute(stmt)]
-
-
-def _after(keys: list[sa.Column[Any]], after: tuple[Any, ...]) -> sa.ColumnElement[bool]:
-    condition: sa.ColumnElement[bool] = (
-        keys[0] > after[0]
-        if len(keys) == 1
-        else sa.tuple_(*keys) > sa.tuple_(*[sa.literal(v) for v in after])
-    )
-    return condition
 
 
 def _copy(table: TableVersioning, keys: list[tuple[Any, ...]], tx: int) -> sa.Insert:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.interfaces import MANYTOONE
 
 from ._exceptions import ConfigurationError, VersioningError
+from ._horizon import RETENTION_TABLE_SUFFIX, build_retention_table
 from ._info import Catalog, LinkVersioning, TableVersioning, VersionInfo
 from ._models import Transaction, map_transaction_class, map_version_class
 from ._options import ManagerOptions, column_properties, model_options
@@ -112,6 +113,10 @@ class Builder:
         try:
             while self._waiting:
                 mapper = self._waiting[0]
+                if not isinstance(mapper.local_table, sa.Table):  # before its MetaData is used
+                    raise ConfigurationError(
+                        f"{mapper.class_.__name__} is not mapped to a Table; it cannot be versioned"
+                    )
                 if self.catalog.transaction_class is None:
                     user_cls = self._resolve_user_class(mapper, required=final)
                     if user_cls is _NOT_YET:
@@ -140,8 +145,7 @@ class Builder:
                 "do not inherit a mapped class"
             )
         local = mapper.local_table
-        if not isinstance(local, sa.Table):
-            raise ConfigurationError(f"{model} is not mapped to a Table; it cannot be versioned")
+        assert isinstance(local, sa.Table)  # checked by _build_waiting
         if base is None and hasattr(mapper.class_, "versions"):
             raise ConfigurationError(
                 f"{model} already has an attribute 'versions'; versioning adds that relationship"
@@ -336,7 +340,11 @@ class Builder:
         metadata = mapper.local_table.metadata  # type: ignore[attr-defined]
         name = self.options.transaction_table
         schema = self.options.transaction_schema
-        for taken in (name, identifier(name + LOCK_TABLE_SUFFIX)):
+        for taken in (
+            name,
+            identifier(name + LOCK_TABLE_SUFFIX),
+            identifier(name + RETENTION_TABLE_SUFFIX),
+        ):
             if metadata.tables.get(f"{schema}.{taken}" if schema else taken) is not None:
                 raise ConfigurationError(
                     f"{mapper.class_.__name__}: its MetaData already has a table {taken!r}; "
@@ -350,6 +358,7 @@ class Builder:
             schema=schema,
         )
         build_lock_table(table)
+        build_retention_table(table)
         return map_transaction_class(mapper.registry, table, user_cls)
 
     def _resolve_user_class(self, mapper: Mapper[Any], *, required: bool) -> Any:

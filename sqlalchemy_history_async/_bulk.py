@@ -51,6 +51,7 @@ from ._dml import (
     sets_tracked,
 )
 from ._exceptions import UnrecordedWriteError
+from ._horizon import HORIZON_OPTION, check_horizon
 from ._info import Catalog, TableVersioning
 from ._schema import Operation
 from ._writes import Key, Row, for_update, logger, rows_by_key
@@ -195,8 +196,14 @@ class BulkRecorder:
     # --- Session.execute() --------------------------------------------------------------------
 
     def do_orm_execute(self, state: ORMExecuteState) -> Result[Any] | None:
-        """Record an INSERT, UPDATE or DELETE on a versioned table (``None``: not ours)."""
+        """Record an INSERT, UPDATE or DELETE on a versioned table (``None``: not ours); check
+        that a read of history does not reach before what retention kept."""
         if not (state.is_insert or state.is_update or state.is_delete):
+            horizon = state.execution_options.get(HORIZON_OPTION)
+            if horizon is not None:
+                check_horizon(
+                    state.session.connection(bind_arguments=state.bind_arguments), horizon
+                )
             if self._strict and isinstance(state.statement, sa.TextClause) and recording():
                 self._refuse_textual_write(state.statement.text)
             return None

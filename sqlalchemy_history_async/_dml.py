@@ -21,6 +21,7 @@ from ._writes import Key, Row
 
 __all__ = [
     "TEXTUAL_WRITE",
+    "after_key",
     "compared_columns",
     "conflicts_on_key_only",
     "differs",
@@ -256,3 +257,13 @@ def has_inline_values(stmt: Any) -> bool:
 
 def has_returning(stmt: Any) -> bool:
     return bool(getattr(stmt, "_returning", None))
+
+
+def after_key(columns: Sequence[sa.Column[Any]], key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
+    """``columns`` (a key, in order) compare greater than ``key``: keyset pagination."""
+    condition: sa.ColumnElement[bool] = (
+        columns[0] > key[0]
+        if len(columns) == 1
+        else sa.tuple_(*columns) > sa.tuple_(*[sa.literal(v) for v in key])
+    )
+    return condition

@@ -6,8 +6,9 @@ Every error specific to the library derives from one base class::
      ├── ConfigurationError      bad options, bad user class, wrong call order at configure time
      ├── NotVersionedError       a class that is not versioned (or not a version class) was given
      ├── RevertError             a version cannot be reverted in the given situation
-     └── UnrecordedWriteError    a statement on a versioned table whose history cannot be
-                                 recorded (refused before it runs)
+     ├── UnrecordedWriteError    a statement on a versioned table whose history cannot be
+     │                           recorded (refused before it runs)
+     └── HistoryPrunedError      a question about history older than retention kept
 
 Arguments of the wrong type or value given to the query builders raise the built-in
 ``TypeError`` / ``ValueError``, as Python functions do.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "HistoryPrunedError",
     "NotVersionedError",
     "RevertError",
     "UnrecordedWriteError",
@@ -47,4 +49,13 @@ class UnrecordedWriteError(VersioningError):
     without history; when only the statement's result shows it (rows added concurrently), the
     transaction's commit is refused as well. The message names the table and the way to make
     the change recordable.
+    """
+
+
+class HistoryPrunedError(VersioningError):
+    """A question about history older than what retention kept (:func:`prune_sync`).
+
+    Raised instead of an answer that would leave out the pruned versions: an as-of query for
+    a point before the oldest complete one, or a change feed starting before it. The message
+    names the table and the first transaction from which the answer is complete.
     """

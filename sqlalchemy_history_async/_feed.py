@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from ._horizon import HORIZON_OPTION, Horizon, retention_table_of
 from ._queries import PointInHistory, as_transaction_id, model_infos
 from ._schema import Operation
 
@@ -195,7 +196,8 @@ def select_changes(
     changed, as in its changeset; computed in SQL against the previous version), ordered by
     ``(transaction_id, table, key_text)``.
     ``since``/``until`` are inclusive. ``classes`` defaults to every model versioned by
-    ``make_versioned()``.
+    ``make_versioned()``. Run through a session, it raises :class:`HistoryPrunedError` when
+    ``since`` (or no ``since``: from the start) reaches before the history that retention kept.
     """
     infos = model_infos(classes)
     transactions = infos[0].tables[0].transaction_table
@@ -261,7 +263,13 @@ def select_changes(
     )
     if user_id is not None:
         stmt = stmt.where(transactions.c.user_id == user_id)
-    return stmt
+    horizon = Horizon(
+        retention_table_of(transactions),
+        tuple(t.version_table.fullname for t in tables),
+        lower,
+        "changes",
+    )
+    return stmt.execution_options(**{HORIZON_OPTION: horizon})
 
 
 async def stream_changes(

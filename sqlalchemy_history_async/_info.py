@@ -26,6 +26,8 @@ __all__ = [
     "TableVersioning",
     "VersionInfo",
     "default_catalog",
+    "history_tables",
+    "one_transaction_table",
     "set_default_catalog",
     "version_info",
 ]
@@ -112,6 +114,32 @@ class VersionInfo:
     def live(self) -> bool:
         """False once the model's registry was disposed (its mapper is gone)."""
         return self.parent_mapper in self.parent_mapper.registry.mappers
+
+
+def one_transaction_table(infos: list[VersionInfo], caller: str) -> sa.Table:
+    """The transaction table all of ``infos`` record in; ``ValueError`` naming ``caller``
+    when they belong to different managers."""
+    first = infos[0]
+    for info in infos[1:]:
+        if info.tables[0].transaction_table is not first.tables[0].transaction_table:
+            raise ValueError(
+                f"{caller}(): {info.parent.__name__} and {first.parent.__name__} record their "
+                f"history in different transaction tables (different managers); {caller} them "
+                "separately"
+            )
+    return first.tables[0].transaction_table
+
+
+def history_tables(infos: list[VersionInfo]) -> list[TableVersioning]:
+    """The tables of ``infos``' models, then the association tables of their many-to-many
+    relationships, each once."""
+    tables: list[TableVersioning] = []
+    for table in [t for info in infos for t in info.tables] + [
+        link.table for info in infos for link in info.links
+    ]:
+        if table not in tables:
+            tables.append(table)
+    return tables
 
 
 @dataclass(eq=False)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
 from ._exceptions import VersioningError
+from ._horizon import HORIZON_OPTION, Horizon, retention_table_of
 from ._info import VersionInfo, default_catalog, version_info
 from ._models import ParentT, Transaction, Version
 from ._schema import valid_at
@@ -84,11 +85,22 @@ def as_transaction_id(
 
 
 def select_as_of(model: type[ParentT], at: PointInHistory) -> sa.Select[Version[ParentT]]:
-    """Versions of ``model``'s rows as they were at ``at``; rows deleted by then are excluded."""
+    """Versions of ``model``'s rows as they were at ``at``; rows deleted by then are excluded.
+
+    Run through a session, it raises :class:`HistoryPrunedError` for a point before the
+    history that retention kept (:func:`prune_sync`).
+    """
     info = model_info(model)
     V: type[Version[ParentT]] = info.version_class
-    tx = as_transaction_id(at, info.tables[0].transaction_table, upper=True)
-    return sa.select(V).where(valid_at(V, tx))
+    transactions = info.tables[0].transaction_table
+    tx = as_transaction_id(at, transactions, upper=True)
+    horizon = Horizon(
+        retention_table_of(transactions),
+        tuple(t.version_table.fullname for t in info.tables),
+        tx,
+        "as_of",
+    )
+    return sa.select(V).where(valid_at(V, tx)).execution_options(**{HORIZON_OPTION: horizon})
 
 
 def select_version_at(

@@ -34,7 +34,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -43,7 +43,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Mapper, Session, selectinload, undefer
 
 from ._baseline import baseline_sync
@@ -54,6 +54,7 @@ from ._integrity import IntegrityProblem, check_integrity_sync, checked_tables
 from ._manager import VersioningManager
 from ._models import Version
 from ._queries import PointInHistory, as_transaction_id, diff, pk_values, version_at_sync
+from ._retention import prune, prune_sync
 from ._schema import INFO_KEY
 
 try:
@@ -159,13 +160,44 @@ class Target:
         connection is a usage error naming ``--url``; a failed statement exits with code 3; a
         question the library refuses (a ``VersioningError``) exits with code 2.
         """
-        try:
+        with self._failures():
             if self.is_async:
                 return asyncio.run(self._run_async(work, write))
             return self._run_sync(work, write)
+
+    def run_engine(
+        self, work: Callable[[sa.Engine], T], async_work: Callable[[AsyncEngine], Awaitable[T]]
+    ) -> T:
+        """``work(engine)``, or ``await async_work(engine)`` with an async driver, for work
+        that commits transactions of its own (such as ``prune``); errors as for :meth:`run`."""
+
+        async def run_async() -> T:
+            with self._creating():
+                async_engine = create_async_engine(self.url)
+            try:
+                return await async_work(async_engine)
+            finally:
+                await async_engine.dispose()
+
+        with self._failures():
+            if self.is_async:
+                return asyncio.run(run_async())
+            with self._creating():
+                engine = sa.create_engine(self.url)
+            try:
+                return work(engine)
+            finally:
+                engine.dispose()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """A failed statement exits with code 3; a question the library refuses (a
+        ``VersioningError``) with code 2."""
+        try:
+            yield
         except sa.exc.SQLAlchemyError as error:
             _database_failure(error)
-        except VersioningError as error:  # the library refused the question (exit code 2)
+        except VersioningError as error:
             _stderr().print(Text("Error: ", style="bold red") + str(error))
             raise typer.Exit(EXIT_USAGE) from error
 
@@ -950,6 +982,81 @@ def baseline(
         )
 
     output.emit(data, render)
+
+
+# --- prune ------------------------------------------------------------------------------------
+
+
+@app.command(name="prune")
+def prune_command(
+    model: Annotated[
+        list[str], typer.Argument(metavar="MODEL...", help="Model class or table names.")
+    ],
+    url: Url,
+    models: Models,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            metavar="WHEN",
+            help="Delete the versions no longer in force at WHEN (transaction id or datetime).",
+        ),
+    ] = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option("--keep-last", min=1, metavar="N", help="Keep each row's N newest versions."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, metavar="N", help="Keys per transaction.")
+    ] = 1000,
+    as_json: Json = False,
+) -> None:
+    """Delete old versions of MODEL (retention), one transaction per batch of keys.
+
+    The versions left keep consistent chains; as-of questions and the change feed before the
+    cut are refused from then on instead of answered without the deleted versions.
+    """
+    target = Target.open(url, models)
+    infos = target.group([target.find(name, "MODEL") for name in model], "MODEL")
+    if (before is None) == (keep_last is None):
+        fail("give either --before WHEN or --keep-last N", "--before" if before else "--keep-last")
+    point = None if before is None else parse_point(before, "--before")
+    classes = [info.parent for info in infos]
+    progress = Progress(
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} versions deleted"),
+        console=_stderr(),
+        disable=as_json,
+    )
+    task = progress.add_task(", ".join(c.__name__ for c in classes), total=None)
+    options: dict[str, Any] = {
+        "before": point,
+        "keep_last": keep_last,
+        "batch_size": batch_size,
+        "progress": lambda done, table: progress.update(task, completed=done),
+    }
+
+    def work(engine: sa.Engine) -> int:
+        with progress:
+            return prune_sync(engine, *classes, **options)
+
+    async def async_work(engine: AsyncEngine) -> int:
+        with progress:
+            return await prune(engine, *classes, **options)
+
+    deleted = target.run_engine(work, async_work)
+    data = {
+        "models": [c.__name__ for c in classes],
+        "before": point,
+        "keep_last": keep_last,
+        "deleted": deleted,
+    }
+
+    def render(console: Console) -> None:
+        names = ", ".join(c.__name__ for c in classes)
+        console.print(f"{names}: {deleted} version{'s' if deleted != 1 else ''} deleted.")
+
+    Output(as_json).emit(data, render)
 
 
 # --- check ------------------------------------------------------------------------------------

@@ -561,6 +561,37 @@ async def test_baseline(app: Any, database: str) -> None:
     assert history("check", url=database).code == 0
 
 
+def test_prune(database: str) -> None:
+    # through the sync driver too: the command commits one transaction per batch either way
+    for url in (database, sync_url(database)):
+        pruned = history("prune", "Article", "--before", "2", "--json", url=url)
+        assert pruned.json() == {
+            "models": ["Article"],
+            "before": 2,
+            "keep_last": None,
+            "deleted": 1 if url == database else 0,  # article 1's first version; then nothing
+        }
+    kept = history("show", "Article", "1", "--json", url=database).json()["versions"]
+    assert [(v["transaction_id"], v["operation"]) for v in kept] == [(2, "UPDATE"), (4, "UPDATE")]
+    refused = history("as-of", "Article", "1", "1", url=database)
+    assert refused.code == 2
+    assert (
+        "Error: the history in 'cli_article_version' before transaction 2 was pruned, so as of "
+        "transaction 1 cannot be answered completely; ask for transaction 2 or later"
+    ) in refused.message
+    at_cut = history("as-of", "Article", "1", "2", "--json", url=database).json()
+    assert at_cut["version"]["values"]["title"] == "Hello, world"
+    last = history("prune", "Article", "--keep-last", "1", "--batch-size", "1", url=database)
+    assert (last.code, last.out) == (0, "Article: 2 versions deleted.\n")
+    assert "versions deleted" in last.err  # the progress line, on stderr
+    kept = history("show", "Article", "1", "--json", url=database).json()["versions"]
+    assert [v["transaction_id"] for v in kept] == [4]
+    assert history("check", url=database).code == 0  # the chains left are consistent
+    neither = history("prune", "Article", url=database)
+    assert neither.code == 2
+    assert "give either --before WHEN or --keep-last N" in neither.message
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 

@@ -408,6 +408,7 @@ def test_tables_in_metadata_before_configure(bases: Bases) -> None:
             "note_version",
             "transaction",
             "transaction_lock",
+            "transaction_retention",
         }
         assert [c["name"] for c in insp.get_columns("article_version")] == [
             "id",

@@ -40,6 +40,7 @@ from sqlalchemy_history_async import (
     diff,
     make_versioned,
     parent_class,
+    prune_sync,
     remove_versioning,
     select_as_of,
     select_changed,
@@ -47,6 +48,7 @@ from sqlalchemy_history_async import (
     select_version_at,
     set_actor,
     stream_changes,
+    stream_changes_sync,
     transaction_class,
     version_class,
     versioning_context,
@@ -461,17 +463,10 @@ def define_summary(base: type[DeclarativeBase]) -> None:
 def mapped_to_a_select(s: Situation) -> list[BaseException]:
     make_versioned()
     Base = s.bases()
-    define_model(Base, "Comment", "comment")  # see test_first_model_mapped_to_a_select
+    define_model(Base, "Comment", "comment")  # not the first: see the test below
     return [caught(lambda: define_summary(Base))]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="the first versioned model of a manager is not checked for a Table before the "
-    "transaction table is built from its MetaData: AttributeError instead of the "
-    "ConfigurationError documented",
-)
 def test_first_model_mapped_to_a_select(bases: Bases) -> None:
     make_versioned()
     with pytest.raises(ConfigurationError, match="ArticleSummary is not mapped to a Table"):
@@ -935,6 +930,43 @@ def remote_addr_too_long(s: Situation) -> list[BaseException]:
 @trigger("versioning_context(remote_addr=...) takes a string")
 def remote_addr_not_a_string(s: Situation) -> list[BaseException]:
     return [caught(entered(remote_addr=5))]
+
+
+# HistoryPrunedError ------------------------------------------------------------------------------
+
+
+async def pruned_before_3(s: Situation) -> tuple[sa.Engine, type[Any]]:
+    """An article with versions at transactions 1, 2 and 3, pruned before 3."""
+    engine, Article = await article_version(s)
+    with Session(engine) as session:
+        for title in ("second", "third"):
+            session.get_one(Article, 1).title = title
+            session.commit()
+    assert prune_sync(engine, Article, before=3) == 2
+    return engine, Article
+
+
+@trigger(
+    "the history in 'article_version' before transaction 3 was pruned, so as of",
+    databases=("sqlite",),
+)
+async def as_of_before_the_cut(s: Situation) -> list[BaseException]:
+    engine, Article = await pruned_before_3(s)
+    with Session(engine) as session:
+        return [caught(lambda: session.scalars(select_as_of(Article, 2)).all())]
+
+
+@trigger(
+    "the history in 'article_version' before transaction 3 was pruned, so changes",
+    databases=("sqlite",),
+)
+async def feed_before_the_cut(s: Situation) -> list[BaseException]:
+    engine, _ = await pruned_before_3(s)
+    with Session(engine) as session:
+        return [
+            caught(lambda: list(stream_changes_sync(session))),
+            caught(lambda: session.execute(select_changes(since=2)).all()),
+        ]
 
 
 # Query functions ---------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sqlalchemy_history_async"
 #: Bottom to top; a module may import modules of lower layers only (never its own layer).
 LAYERS: list[set[str]] = [
     {"_exceptions", "_schema", "_sqlite"},
-    {"_context", "_options", "_order"},
+    {"_context", "_horizon", "_options", "_order"},
     {"_info"},
     {"_revert", "_writes"},
     {"_models", "_capture", "_dml"},
     {"_bulk", "_relationships", "_queries"},
-    {"_baseline", "_build", "_feed", "_integrity"},
+    {"_baseline", "_build", "_feed", "_integrity", "_retention"},
     {"_manager"},
     {"__init__", "alembic", "cli", "fastapi", "testing"},
 ]

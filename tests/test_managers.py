@@ -222,7 +222,7 @@ def test_manager_options_are_frozen() -> None:
     assert manager.options.transaction_table == "audit"
 
 
-@pytest.mark.parametrize("taken", ["audit", "audit_lock"])
+@pytest.mark.parametrize("taken", ["audit", "audit_lock", "audit_retention"])
 def test_transaction_or_lock_table_name_taken(bases: Bases, taken: str) -> None:
     Base = bases()
     sa.Table(taken, Base.metadata, sa.Column("id", sa.Integer, primary_key=True))

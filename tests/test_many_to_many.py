@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncEngine, AsyncSession
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -16,7 +16,13 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import Operation, baseline_sync, select_changes, versioning_disabled
+from sqlalchemy_history_async import (
+    Operation,
+    baseline_sync,
+    prune,
+    select_changes,
+    versioning_disabled,
+)
 
 from .conftest import Run, StatementLog, versioned_models
 from .models import runtime_version_class
@@ -302,3 +308,27 @@ async def test_baseline_gives_existing_links_a_version(models: Catalog, run: Run
         ]
 
     await run(behaviour)
+
+
+async def test_prune_prunes_the_links_the_same_way(
+    models: Catalog, engine: AsyncEngine, session: AsyncSession
+) -> None:
+    a = models.Article(title="a")
+    x, y = models.Tag(name="x"), models.Tag(name="y")
+    a.tags = [x]
+    session.add_all([a, y])
+    await session.commit()  # tx 1
+    a.tags = [y]
+    await session.commit()  # tx 2
+    a.title = "b"
+    await session.commit()  # tx 3
+    await session.close()
+    assert await prune(engine, models.Article, before=2) == 3  # a@1, x's link added and removed
+    assert await link_rows(session, "article_tag_version") == [
+        (a.id, y.id, 2, None, Operation.INSERT)
+    ]
+    V = runtime_version_class(models.Article)
+    kept = (
+        await session.scalars(sa.select(V).order_by(V.transaction_id).options(selectinload(V.tags)))
+    ).all()
+    assert [(v.transaction_id, [t.name for t in v.tags]) for v in kept] == [(2, ["y"]), (3, ["y"])]
