@@ -21,6 +21,18 @@ against every snapshot taken so far:
   it may get an ``UPDATE`` too), with the right operation and values; a transaction that changed
   nothing leaves no transaction row, and every transaction row has versions.
 
+Between transactions, now and then, the machine prunes history (``prune_sync()``, ``before=``
+a committed transaction or ``keep_last=N``, in batches of a few keys or of all of them). It
+works out which versions go and how far each version table's history stays complete (its
+horizon) from the history it read, and checks that the database agrees. From then on the checks
+hold for what was kept: ``select_as_of()`` at or after a table's horizon still equals the
+snapshot, and before it raises ``HistoryPrunedError`` (so does ``select_version_at()``); the
+change feed (``select_changes()``, ``stream_changes_sync()``) starting before what was kept
+raises, and from there on holds exactly the versions kept; a pruned key's first kept version
+may be an ``UPDATE`` or a ``DELETE`` and has no ``previous``; a transaction row may be left
+without versions once they were all pruned; and temporal relationships are checked for the
+versions whose related tables are complete at their transaction.
+
 The whole machine runs inside ``AsyncSession.run_sync()``: its rules are plain functions of sync
 ``Session`` objects, the sessions an ``AsyncSession`` wraps (over the async driver) or a plain
 ``Session`` (over the sync driver).
@@ -68,7 +80,17 @@ from sqlalchemy.orm import (
     selectinload,
 )
 
-from sqlalchemy_history_async import Operation, changes_in_sync, parent_class, select_as_of
+from sqlalchemy_history_async import (
+    HistoryPrunedError,
+    Operation,
+    changes_in_sync,
+    parent_class,
+    prune_sync,
+    select_as_of,
+    select_changes,
+    select_version_at,
+    stream_changes_sync,
+)
 
 from .conftest import versioned_models
 from .models import runtime_version_class, table_of
@@ -269,6 +291,11 @@ class Stats:
     rollbacks: int = 0
     savepoints: int = 0
     row_switches: int = 0
+    prunes: int = 0  # prune runs that deleted versions
+    pruned: int = 0  # versions they deleted
+    #: chains left starting with an UPDATE or a DELETE (counted after each prune)
+    cut_chains: int = 0
+    refused: int = 0  # reads refused with HistoryPrunedError, as expected
     rules: Counter[str] = field(default_factory=Counter)
 
 
@@ -413,6 +440,12 @@ class HistoryMachine(RuleBasedStateMachine):
         self.held: dict[str, dict[tuple[str, Key], Any]] = {n: {} for n in SESSION_NAMES}
         self.serial = 0  # commits so far
         self.seen_serial = dict.fromkeys(SESSION_NAMES, 0)
+        #: table name -> (as_of_from, changes_from) the retention table must hold for it: the
+        #: first transaction from which as-of answers, and the change feed, are complete
+        self.horizon: dict[str, tuple[int, int]] = {}
+        self.pruned_keys: dict[str, set[Key]] = {name: set() for name in SPECS}
+        self.pruned_transactions: set[int] = set()  # transactions some of whose versions went
+        self.pruned_serial = 0  # the commit count at the last prune
 
     def teardown(self) -> None:
         for session in self.S.values():
@@ -523,6 +556,137 @@ class HistoryMachine(RuleBasedStateMachine):
             assert self.read_history(reader) == self.history, "a rollback changed history"
         finally:
             reader.close()
+
+    # --- retention ---------------------------------------------------------------------------
+
+    @precondition(
+        lambda self: self.tx is None and bool(self.snapshots) and self.serial > self.pruned_serial
+    )
+    @rule(data=st.data())
+    @counted
+    def prune(self, data: st.DataObject) -> None:
+        """Prune the history of every model, ``before=`` a committed transaction or
+        ``keep_last=N``; at most once between two commits (so that writes outnumber it)."""
+        self.pruned_serial = self.serial
+        before = keep_last = None
+        if data.draw(st.booleans(), label="before"):
+            # not the first transaction, mostly: nothing closed by then
+            cuts = sorted(self.snapshots)[1:] or sorted(self.snapshots)
+            before = data.draw(st.sampled_from(cuts), label="cut")
+            options = f"before={before}"
+        else:
+            keep_last = data.draw(st.integers(1, 3), label="keep last")
+            options = f"keep_last={keep_last}"
+        batch_size = data.draw(st.one_of(st.just(1000), st.integers(1, 5)), label="batch size")
+        call = f"prune_sync({options}, batch_size={batch_size})"
+        doomed = self.doomed(before, keep_last)
+        progress: list[tuple[int, str]] = []
+        deleted = prune_sync(
+            self.env.sync_engine,
+            *[self.env.cls(m) for m in MODELS],
+            before=before,
+            keep_last=keep_last,
+            batch_size=batch_size,
+            progress=lambda done, table: progress.append((done, table)),
+        )
+        expected_count = sum(len(rows) for rows in doomed.values())
+        assert deleted == expected_count, (
+            f"{call} deleted {deleted} versions, expected {expected_count}: "
+            f"{ {n: rows for n, rows in doomed.items() if rows} }"
+        )
+        done = [d for d, _ in progress]
+        assert done == sorted(done) and done[-1:] in ([], [deleted]), f"progress: {progress}"
+        assert {table for _, table in progress} <= set(SPECS), f"progress: {progress}"
+        if deleted:
+            self.env.stats.prunes += 1
+            self.env.stats.pruned += deleted
+        expected_history = {}
+        for name, rows in doomed.items():
+            n = len(SPECS[name].key)
+            gone = set(rows)
+            expected_history[name] = [r for r in self.history[name] if r not in gone]
+            if not rows:
+                continue
+            self.pruned_keys[name].update(r[:n] for r in rows)
+            self.pruned_transactions.update(r[-3] for r in rows)
+            ends = [r[-2] for r in rows if r[-1] != Operation.DELETE and r[-2] is not None]
+            as_of_from, changes_from = self.horizon.get(name, (0, 0))
+            self.horizon[name] = (
+                max([as_of_from, *ends]),
+                max(changes_from, max(r[-3] for r in rows) + 1),
+            )
+        reader = self.env.reader()
+        try:
+            history = self.read_history(reader)
+            for name in SPECS:
+                assert history[name] == expected_history[name], (
+                    f"{call} left in {name}_version:\n  "
+                    + "\n  ".join(map(repr, history[name]))
+                    + "\nexpected:\n  "
+                    + "\n  ".join(map(repr, expected_history[name]))
+                )
+            rt = self.env.metadata.tables["transaction_retention"]
+            recorded = {
+                r.version_table: (r.as_of_from, r.changes_from)
+                for r in reader.execute(
+                    sa.select(rt.c.version_table, rt.c.as_of_from, rt.c.changes_from)
+                )
+            }
+            expected_horizon = {f"{name}_version": h for name, h in self.horizon.items()}
+            assert recorded == expected_horizon, (
+                f"after {call} the retention table holds {recorded}, expected {expected_horizon}"
+            )
+            if deleted:  # else history is what the last checks found
+                self.check_history(reader)
+                self.check_pruned_reads(reader)
+                self.env.stats.cut_chains += self.cut_chains()
+        finally:
+            reader.close()
+
+    def cut_chains(self) -> int:
+        """How many chains start with an UPDATE or a DELETE (their older versions pruned)."""
+        cut = 0
+        for name, spec in SPECS.items():
+            first: dict[Key, Any] = {}
+            for row in self.history[name]:  # ordered by key, then transaction
+                first.setdefault(row[: len(spec.key)], row[-1])
+            cut += sum(op != Operation.INSERT for op in first.values())
+        return cut
+
+    def doomed(
+        self, before: int | None = None, keep_last: int | None = None
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        """The versions (rows of :attr:`history`) pruning must delete, by table.
+
+        ``before``: those closed at or before it, and DELETEs made at or before it (the other
+        versions of a row deleted by then are closed by then). ``keep_last``: all but the
+        ``keep_last`` newest versions of each key.
+        """
+        doomed: dict[str, list[tuple[Any, ...]]] = {}
+        for name, spec in SPECS.items():
+            rows = self.history[name]
+            if keep_last is None:
+                assert before is not None
+                doomed[name] = [
+                    r
+                    for r in rows
+                    if (r[-2] is not None and r[-2] <= before)
+                    or (r[-1] == Operation.DELETE and r[-3] <= before)
+                ]
+            else:
+                chains: dict[Key, list[tuple[Any, ...]]] = {}
+                for r in rows:  # ordered by key, then transaction
+                    chains.setdefault(r[: len(spec.key)], []).append(r)
+                doomed[name] = [r for chain in chains.values() for r in chain[:-keep_last]]
+        return doomed
+
+    def as_of_from(self, *names: str) -> int:
+        """The first transaction from which as-of answers from ``names`` are complete."""
+        return max(self.horizon.get(name, (0, 0))[0] for name in names)
+
+    def changes_from(self, *names: str) -> int:
+        """The first transaction from which the change feed of ``names`` is complete."""
+        return max(self.horizon.get(name, (0, 0))[1] for name in names)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -967,6 +1131,9 @@ class HistoryMachine(RuleBasedStateMachine):
         - the first version and the first after a DELETE are INSERTs, the others UPDATEs or
           DELETEs; the last one is a DELETE exactly when the row does not exist now;
         - every version belongs to a committed transaction.
+
+        Pruning removes the oldest versions of a chain: a pruned key's first kept version may
+        be an UPDATE or a DELETE too.
         """
         for name, spec in SPECS.items():
             chains: dict[Key, list[tuple[Any, ...]]] = {}
@@ -979,7 +1146,9 @@ class HistoryMachine(RuleBasedStateMachine):
                 for version in chain:
                     tx_id, op = version[-3], version[-1]
                     assert tx_id in self.snapshots, f"{where}: version of unknown tx {tx_id}"
-                    if previous is None or previous[-1] == Operation.DELETE:
+                    if previous is None and key in self.pruned_keys[name]:
+                        pass  # the first kept version: whatever followed the pruned ones
+                    elif previous is None or previous[-1] == Operation.DELETE:
                         assert op == Operation.INSERT, f"{where} @{tx_id}: {op} starts a life"
                     else:
                         assert op != Operation.INSERT, f"{where} @{tx_id}: INSERT of a live row"
@@ -1000,19 +1169,37 @@ class HistoryMachine(RuleBasedStateMachine):
                 assert key in chains, f"{name} {key}: an existing row without versions"
 
     def check_transaction_rows(self, reader: Session) -> None:
-        """Transaction rows are exactly the committed transactions that wrote versions."""
+        """Transaction rows are exactly the committed transactions that wrote versions.
+
+        Pruning keeps transaction rows: those whose versions were all pruned are left alone.
+        """
         used = {row[-3] for rows in self.history.values() for row in rows}
         transactions = set(reader.scalars(sa.select(self._transaction_table().c.id)).all())
         assert transactions == set(self.snapshots), (
             f"transaction rows {sorted(transactions)}, committed {sorted(self.snapshots)}"
         )
-        assert used == transactions, f"transactions without versions: {transactions - used}"
+        assert used <= transactions, f"versions of no transaction row: {used - transactions}"
+        unused = transactions - used - self.pruned_transactions
+        assert not unused, f"transactions without versions (none pruned): {sorted(unused)}"
 
     def check_as_of(self, reader: Session, t: int) -> None:
-        """``select_as_of(Model, t)`` and the links at ``t`` equal the snapshot of ``t``."""
+        """``select_as_of(Model, t)`` and the links at ``t`` equal the snapshot of ``t``.
+
+        Before the horizon of a model's version table (once pruned), it raises instead.
+        """
         snapshot = self.snapshots[t]
         for name in MODELS:
             spec = SPECS[name]
+            horizon = self.as_of_from(name)
+            if t < horizon:
+                with pytest.raises(
+                    HistoryPrunedError,
+                    match=rf"^the history in '{name}_version' before transaction {horizon} was "
+                    rf"pruned, so as of transaction {t} cannot be answered completely",
+                ):
+                    reader.scalars(select_as_of(self.env.cls(name), t)).all()
+                self.env.stats.refused += 1
+                continue
             found: dict[Key, Row | None] = {}
             for v in reader.scalars(select_as_of(self.env.cls(name), t)):
                 key = tuple(getattr(v, c) for c in spec.key)
@@ -1020,6 +1207,8 @@ class HistoryMachine(RuleBasedStateMachine):
                 found[key] = {c: getattr(v, c) for c in spec.tracked}
             expected = {k: spec.tracked_of(r) for k, r in snapshot[name].items()}
             assert found == expected, f"select_as_of({name}, {t}):\n" + _dict_diff(expected, found)
+        if t < self.as_of_from(LINKS):
+            return  # links pruned (a plain query: no horizon to check)
         vt = self.env.metadata.tables[f"{LINKS}_version"]
         links = reader.execute(
             sa.select(vt.c.article_id, vt.c.tag_id).where(
@@ -1033,7 +1222,11 @@ class HistoryMachine(RuleBasedStateMachine):
         )
 
     def check_changesets(self, reader: Session) -> None:
-        """``previous`` and ``changeset`` of every version follow the chain."""
+        """``previous`` and ``changeset`` of every version follow the chain.
+
+        A key's oldest kept version has no ``previous``: its changeset is ``[None, value]``
+        for every value, whatever its operation.
+        """
         for name in MODELS:
             spec = SPECS[name]
             V = runtime_version_class(self.env.cls(name))
@@ -1059,7 +1252,12 @@ class HistoryMachine(RuleBasedStateMachine):
                 last[key] = v
 
     def check_temporal_relationships(self, reader: Session) -> None:
-        """What versions' relationships yield equals the snapshot of their transaction."""
+        """What versions' relationships yield equals the snapshot of their transaction.
+
+        Checked where the related version tables are complete at the version's transaction
+        (at or after their horizons): ``keep_last`` keeps old versions whose related versions
+        were pruned.
+        """
         m = self.env.models
         AV, TV, CV = (runtime_version_class(c) for c in (m.Article, m.Tag, m.Comment))
         for v in reader.scalars(
@@ -1067,17 +1265,23 @@ class HistoryMachine(RuleBasedStateMachine):
         ):
             snap = self.snapshots[v.transaction_id]
             where = f"article {v.id} @{v.transaction_id}"
-            tags = sorted((t.id, t.name) for t in v.tags)
-            expected = sorted((t, snap["tag"][(t,)]["name"]) for (a, t) in snap[LINKS] if a == v.id)
-            assert tags == expected, f"{where}: tags {tags}, expected {expected}"
-            comments = sorted((c.id, c.text) for c in v.comments)
-            expected = sorted(
-                (k[0], r["text"])
-                for k, r in snap["article_comment"].items()
-                if r["article_id"] == v.id
-            )
-            assert comments == expected, f"{where}: comments {comments}, expected {expected}"
+            if v.transaction_id >= self.as_of_from(LINKS, "tag"):
+                tags = sorted((t.id, t.name) for t in v.tags)
+                expected = sorted(
+                    (t, snap["tag"][(t,)]["name"]) for (a, t) in snap[LINKS] if a == v.id
+                )
+                assert tags == expected, f"{where}: tags {tags}, expected {expected}"
+            if v.transaction_id >= self.as_of_from("article_comment"):
+                comments = sorted((c.id, c.text) for c in v.comments)
+                expected = sorted(
+                    (k[0], r["text"])
+                    for k, r in snap["article_comment"].items()
+                    if r["article_id"] == v.id
+                )
+                assert comments == expected, f"{where}: comments {comments}, expected {expected}"
         for v in reader.scalars(sa.select(TV).options(selectinload(TV.articles))):
+            if v.transaction_id < self.as_of_from(LINKS, "article"):
+                continue
             snap = self.snapshots[v.transaction_id]
             articles = sorted((a.id, a.title) for a in v.articles)
             expected = sorted(
@@ -1087,6 +1291,8 @@ class HistoryMachine(RuleBasedStateMachine):
                 f"tag {v.id} @{v.transaction_id}: articles {articles}, expected {expected}"
             )
         for v in reader.scalars(sa.select(CV).options(selectinload(CV.article))):
+            if v.transaction_id < self.as_of_from("article"):
+                continue
             snap = self.snapshots[v.transaction_id]
             row = snap["article"].get((v.article_id,))
             found = None if v.article is None else (v.article.id, v.article.title)
@@ -1095,8 +1301,100 @@ class HistoryMachine(RuleBasedStateMachine):
                 f"comment {v.id} @{v.transaction_id}: article {found}, expected {expected_article}"
             )
 
+    def expected_feed(self, names: tuple[str, ...], since: int) -> list[tuple[Any, ...]]:
+        """The change feed of tables ``names`` from ``since`` on, from the chains read:
+        table, key, operation, transaction and the names changed against the previous
+        version (a first kept version has none: its non-NULL values; links: none)."""
+        feed = []
+        for name in names:
+            spec = SPECS[name]
+            n = len(spec.key)
+            columns = spec.key + spec.tracked
+            last: dict[Key, tuple[Any, ...]] = {}
+            for row in self.history[name]:
+                key, prev = row[:n], last.get(row[:n])
+                last[key] = row
+                if row[-3] < since:
+                    continue
+                changed = (
+                    []
+                    if name == LINKS
+                    else [
+                        c
+                        for i, c in enumerate(columns)
+                        if (None if prev is None else prev[i]) != row[i]
+                    ]
+                )
+                pk = dict(zip(spec.key, key, strict=True))
+                feed.append((name, pk, row[-1], row[-3], sorted(changed)))
+        return sorted(feed, key=repr)
+
+    @staticmethod
+    def found_feed(changes: Any) -> list[tuple[Any, ...]]:
+        feed = [
+            (c.table, c.primary_key, c.operation, c.transaction_id, sorted(c.changed))
+            for c in changes
+        ]
+        ids = [f[3] for f in feed]
+        assert ids == sorted(ids), f"the change feed is not in transaction order: {ids}"
+        return sorted(feed, key=repr)
+
+    def check_pruned_reads(self, reader: Session) -> None:
+        """After pruning: the change feed from before what was kept raises, and from there on
+        is complete, for all models (paged) and for each one (the tables it reads);
+        ``select_version_at()`` before a model's as-of horizon raises."""
+        classes = [self.env.cls(m) for m in MODELS]
+        since = self.changes_from(*SPECS)
+        after = since - 1 if since else None
+        if since:
+            message = rf"^the history in '\w+' before transaction {since} was pruned, so "
+            with pytest.raises(HistoryPrunedError, match=message + "changes from the start"):
+                reader.execute(select_changes(classes=classes))
+            with pytest.raises(
+                HistoryPrunedError, match=message + f"changes since transaction {since - 1} "
+            ):
+                list(stream_changes_sync(reader, after=since - 2, classes=classes))
+            self.env.stats.refused += 2
+        found = self.found_feed(stream_changes_sync(reader, after, batch_size=4, classes=classes))
+        expected = self.expected_feed(tuple(SPECS), since)
+        assert found == expected, f"stream_changes_sync(after={after}):\n" + _list_diff(
+            expected, found
+        )
+        for model, cls in zip(MODELS, classes, strict=True):
+            names = (model, LINKS) if model in ("article", "tag") else (model,)
+            since = self.changes_from(*names)
+            if since:
+                reported = "|".join(n for n in names if self.changes_from(n) == since)
+                with pytest.raises(
+                    HistoryPrunedError,
+                    match=rf"^the history in '({reported})_version' before transaction {since} "
+                    rf"was pruned, so changes since transaction {since - 1} cannot",
+                ):
+                    reader.execute(select_changes(since - 1, classes=[cls]))
+                self.env.stats.refused += 1
+            found = self.found_feed(reader.execute(select_changes(since or None, classes=[cls])))
+            expected = self.expected_feed(names, since)
+            assert found == expected, (
+                f"select_changes(since={since or None}, [{model}]):\n" + _list_diff(expected, found)
+            )
+            horizon = self.as_of_from(model)
+            earlier = [t for t in self.snapshots if t < horizon]
+            if earlier:
+                key = KEYS[model][0]
+                pk = key if len(key) > 1 else key[0]
+                with pytest.raises(HistoryPrunedError, match=f"before transaction {horizon} "):
+                    reader.scalars(select_version_at(cls, pk, max(earlier))).all()
+                self.env.stats.refused += 1
+
     def _transaction_table(self) -> sa.Table:
         return self.env.metadata.tables["transaction"]
+
+
+def _list_diff(expected: list[Any], found: list[Any]) -> str:
+    return "\n".join(
+        [f"  missing {e}" for e in expected if e not in found]
+        + [f"  unexpected {f}" for f in found if f not in expected]
+    )
 
 
 def _dict_diff(expected: dict[Key, Any], found: dict[Key, Any]) -> str:
@@ -1146,7 +1444,9 @@ async def test_history_matches_a_model_of_the_database(
         f"\n[randomized {PROFILE} {db}] {s.examples} examples, "
         f"{s.steps - s.examples} steps, {s.commits} commits ({s.transactions} recorded), "
         f"{s.rollbacks} rollbacks, {s.savepoints} savepoints, "
-        f"{s.row_switches} row switches in {elapsed:.1f} s; rules: "
+        f"{s.row_switches} row switches, {s.prunes} prunes ({s.pruned} versions pruned, "
+        f"{s.cut_chains} chains left starting with an UPDATE or DELETE, {s.refused} reads "
+        f"refused) in {elapsed:.1f} s; rules: "
         + ", ".join(f"{name} {n}" for name, n in sorted(s.rules.items()))
     )
     if PROFILE == "long":
