@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy_history_async import (
     HistoryPrunedError,
     Operation,
+    check_integrity,
     prune,
     prune_sync,
     select_as_of,
@@ -186,3 +188,40 @@ async def test_reads_are_unchanged_while_nothing_was_pruned(
 def test_bad_options_are_refused(models: Models, options: dict[str, Any], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         prune_sync(sa.create_engine("sqlite://"), models.Article, **options)
+
+
+async def test_prune_while_the_application_writes(
+    models: Models,
+    engine: AsyncEngine,
+    concurrent_session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    A = models.Article
+    async with concurrent_session_factory() as session:
+        session.add_all([A(id=i, title="start") for i in range(1, 6)])
+        await session.commit()
+
+    async def write() -> None:
+        async with concurrent_session_factory() as session:
+            for step in range(40):
+                row = await session.get_one(A, step % 5 + 1)
+                row.title = f"step {step}"
+                await session.commit()
+                await asyncio.sleep(0)
+
+    async def keep_pruning() -> int:
+        deleted = 0
+        for _ in range(8):
+            deleted += await prune(engine, A, keep_last=2, batch_size=1)
+            await asyncio.sleep(0)
+        return deleted
+
+    _, deleted = await asyncio.gather(write(), keep_pruning())
+    assert deleted > 0
+    async with concurrent_session_factory() as session:
+        assert await check_integrity(session, [A]) == []  # every chain left is consistent
+        V = runtime_version_class(A)
+        last = await session.scalar(sa.select(sa.func.max(V.transaction_id)))
+        assert last is not None
+        current = {a.id: a.title for a in await session.scalars(sa.select(A))}
+        assert dict(await as_of(session, models, last)) == current
+        assert current == {i: f"step {35 + i - 1}" for i in range(1, 6)}
