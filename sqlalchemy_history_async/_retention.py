@@ -66,15 +66,8 @@ def prune_sync(
     :class:`HistoryPrunedError`.
     """
     pruner = _Pruner([model, *models], before, keep_last, batch_size)
-    if pruner.cut is not None:
-        with engine.begin() as connection:
-            pruner.resolve(connection)
-    while not pruner.done:
-        with engine.begin() as connection:
-            pruner.step(connection)
-        if pruner.progressed and progress is not None:
-            progress(pruner.deleted, pruner.progressed)
-    return pruner.deleted
+    with engine.connect() as connection:
+        return pruner.run(connection, progress)
 
 
 async def prune(
@@ -88,15 +81,8 @@ async def prune(
 ) -> int:
     """:func:`prune_sync` on an ``AsyncEngine``: one transaction per batch as well."""
     pruner = _Pruner([model, *models], before, keep_last, batch_size)
-    if pruner.cut is not None:
-        async with engine.begin() as connection:
-            await connection.run_sync(pruner.resolve)
-    while not pruner.done:
-        async with engine.begin() as connection:
-            await connection.run_sync(pruner.step)
-        if pruner.progressed and progress is not None:
-            progress(pruner.deleted, pruner.progressed)
-    return pruner.deleted
+    async with engine.connect() as connection:
+        return await connection.run_sync(pruner.run, progress)
 
 
 class _Pruner:
@@ -135,6 +121,19 @@ class _Pruner:
         self.deleted = 0
         self.progressed: str | None = None
         self.done = False
+
+    def run(self, connection: Connection, progress: Progress | None) -> int:
+        """Prune batch by batch on ``connection``, committing after each; return how many
+        versions went."""
+        if self.cut is not None:
+            self.resolve(connection)
+            connection.commit()
+        while not self.done:
+            self.step(connection)
+            connection.commit()
+            if self.progressed and progress is not None:
+                progress(self.deleted, self.progressed)
+        return self.deleted
 
     def resolve(self, connection: Connection) -> None:
         """Turn a ``before`` datetime into the id of the last transaction issued by then."""
